@@ -1,0 +1,843 @@
+//! One channel's state and decisions: what it remembers, which trigger fires, which limit
+//! silences it, and the queue of replies waiting for their send slot.
+//!
+//! A channel never looks at another channel: its RNG, request ids, limits and timers are
+//! its own, which is what makes channel isolation hold (and testable). It never emits an
+//! effect except through [`Env`], and never reads time except `env.now`.
+//!
+//! Limit accounting: a reply is *pending* from the moment its trigger fires until its
+//! first message is sent or it is dropped. Windows record the send time. A trigger may
+//! fire only if `sent in window + pending < max`, which guarantees that no window ever
+//! contains more than `max` sends, however late the LLM answers.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::config::{BotConfig, ChannelConfig, LlmConfig};
+use crate::context::{ChatLine, Context};
+use crate::contract::{
+    Command, CommandKind, Decision, Effect, LlmCall, LlmError, LlmReply, Outcome, PromptMessage, Purpose, Reason,
+    RequestId, Role,
+};
+use crate::event::Message;
+use crate::limit::{cooled_down, SlidingWindow};
+use crate::response::{Recent, Rejection, Rules};
+use crate::time::Millis;
+use crate::timer::{TimerKey, Timers};
+use crate::trigger::{Matcher, Trigger};
+
+/// Bounds on per-channel memory (TigerBeetle style: everything has a limit).
+const SEEN_EVENTS: usize = 1024;
+const MAX_PM_THREADS: usize = 64;
+const MAX_PRESENT_USERS: usize = 4096;
+const USER_PRUNE_THRESHOLD: usize = 1024;
+const MAX_EVENT_KINDS: usize = 64;
+/// Slack on top of the runtime's own timeouts and retries before the engine gives up on
+/// a request by itself.
+const DEADLINE_SLACK: Duration = Duration::from_secs(10);
+
+/// What a channel needs from the engine for one step.
+pub(crate) struct Env<'a> {
+    pub now: Millis,
+    pub start: Millis,
+    pub bot: &'a BotConfig,
+    pub llm: &'a LlmConfig,
+    pub shutting_down: bool,
+    pub connected: bool,
+    pub outbound_queue: usize,
+    pub out: &'a mut VecDeque<Effect>,
+    pub timers: &'a mut Timers,
+}
+
+/// Counters a report or /metrics reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Events received, by CyTube event name (bounded; the rest under `other`).
+    pub events: BTreeMap<String, u64>,
+}
+
+/// A point-in-time view for /health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStatus {
+    /// Configured name.
+    pub name: String,
+    /// Lines in the context window.
+    pub context_len: usize,
+    /// LLM requests outstanding.
+    pub in_flight: usize,
+    /// Messages waiting for their send slot.
+    pub queued: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Audience {
+    Channel,
+    Pm(String),
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    trigger: Trigger,
+    purpose: Purpose,
+    audience: Audience,
+    /// Lower-cased user whose per-user limit this reply counts against.
+    user: Option<String>,
+    correlation_id: Option<String>,
+    provider_index: usize,
+    messages: Vec<PromptMessage>,
+}
+
+#[derive(Debug, Clone)]
+struct Outgoing {
+    command: Command,
+    trigger: Trigger,
+    user: Option<String>,
+    /// The first message of a reply settles its limit accounting when sent.
+    first: bool,
+    reason: Option<Reason>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UserState {
+    window: SlidingWindow,
+    pending: usize,
+}
+
+/// Recently seen event keys, bounded.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl Seen {
+    /// Records `key`; false when it was already there.
+    fn insert(&mut self, key: u64) -> bool {
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > SEEN_EVENTS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+fn key_of(parts: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+pub(crate) struct Channel {
+    pub slot: u32,
+    pub cfg: ChannelConfig,
+    matcher: Matcher,
+    rules: Rules,
+    rng: ChaCha8Rng,
+    seq: u32,
+    context: Context,
+    pm_threads: BTreeMap<String, Context>,
+    users: BTreeMap<String, UserState>,
+    window: SlidingWindow,
+    pending: usize,
+    last_fire: Option<Millis>,
+    trigger_last: BTreeMap<Trigger, Millis>,
+    last_media: Option<u64>,
+    last_media_comment: Option<Millis>,
+    requests: BTreeMap<RequestId, Pending>,
+    outbox: VecDeque<Outgoing>,
+    last_send: Option<Millis>,
+    recent: Recent,
+    new_lines: usize,
+    seen: Seen,
+    fallback_next: usize,
+    present: BTreeSet<String>,
+    pub stats: ChannelStats,
+}
+
+impl Channel {
+    pub fn new(slot: u32, cfg: ChannelConfig, bot: &BotConfig, seed: u64, now: Millis, timers: &mut Timers) -> Channel {
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ key_of(cfg.name.to_ascii_lowercase()));
+        let ch = Channel {
+            slot,
+            matcher: Matcher::new(bot, &cfg.triggers.keywords),
+            rules: Rules::new(&cfg.response, bot),
+            rng,
+            seq: 0,
+            context: Context::new(cfg.context.max_messages, cfg.context.max_age),
+            pm_threads: BTreeMap::new(),
+            users: BTreeMap::new(),
+            window: SlidingWindow::default(),
+            pending: 0,
+            last_fire: None,
+            trigger_last: BTreeMap::new(),
+            last_media: None,
+            last_media_comment: None,
+            requests: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            last_send: None,
+            recent: Recent::default(),
+            new_lines: 0,
+            seen: Seen::default(),
+            fallback_next: 0,
+            present: BTreeSet::new(),
+            stats: ChannelStats::default(),
+            cfg,
+        };
+        ch.arm_participation(now, timers);
+        ch
+    }
+
+    /// Applies a reloaded config, keeping context, limits and queues.
+    pub fn reconfigure(&mut self, cfg: ChannelConfig, bot: &BotConfig, now: Millis, timers: &mut Timers) {
+        self.matcher = Matcher::new(bot, &cfg.triggers.keywords);
+        self.rules = Rules::new(&cfg.response, bot);
+        self.context.resize(cfg.context.max_messages, cfg.context.max_age);
+        for t in self.pm_threads.values_mut() {
+            t.resize(cfg.context.max_messages, cfg.context.max_age);
+        }
+        let contextual_changed = cfg.triggers.contextual != self.cfg.triggers.contextual;
+        self.cfg = cfg;
+        if contextual_changed {
+            timers.disarm(TimerKey::Participation(self.slot));
+            self.arm_participation(now, timers);
+        }
+    }
+
+    fn arm_participation(&self, now: Millis, timers: &mut Timers) {
+        if self.cfg.triggers.contextual.enabled {
+            timers.arm(TimerKey::Participation(self.slot), now.after(self.cfg.triggers.contextual.every));
+        }
+    }
+
+    pub fn status(&self) -> ChannelStatus {
+        ChannelStatus {
+            name: self.cfg.name.clone(),
+            context_len: self.context.len(),
+            in_flight: self.requests.len(),
+            queued: self.outbox.len(),
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.requests.is_empty() && self.outbox.is_empty()
+    }
+
+    pub fn count_event(&mut self, kind: &str) {
+        let n = self.stats.events.len();
+        if let Some(c) = self.stats.events.get_mut(kind) {
+            *c += 1;
+        } else if n < MAX_EVENT_KINDS {
+            self.stats.events.insert(kind.to_owned(), 1);
+        } else {
+            *self.stats.events.entry("other".into()).or_default() += 1;
+        }
+    }
+
+    fn decide(
+        &self,
+        env: &mut Env,
+        correlation_id: Option<&str>,
+        user: Option<&str>,
+        trigger: Option<Trigger>,
+        outcome: Outcome,
+        reason: Option<Reason>,
+    ) {
+        env.out.push_back(Effect::Decision(Decision {
+            at: env.now,
+            channel: self.cfg.name.clone(),
+            correlation_id: correlation_id.map(str::to_owned),
+            user: user.map(str::to_owned),
+            trigger,
+            outcome,
+            reason,
+        }));
+    }
+
+    /// Records the event's identity; false (and an `ignored` decision) for a repeat.
+    pub fn first_sighting(&mut self, env: &mut Env, correlation_id: Option<&str>, msg: Option<&Message>) -> bool {
+        let by_id = correlation_id.map(|c| key_of(("id", c)));
+        let by_content = msg.and_then(|m| m.time.map(|t| key_of(("msg", &m.user, t, &m.text))));
+        let mut fresh = true;
+        for key in [by_id, by_content].into_iter().flatten() {
+            fresh &= self.seen.insert(key);
+        }
+        if !fresh {
+            self.decide(env, correlation_id, msg.map(|m| m.user.as_str()), None, Outcome::Ignored, Some(Reason::DuplicateEvent));
+        }
+        fresh
+    }
+
+    fn is_bot(env: &Env, name: &str) -> bool {
+        same_name(name, &env.bot.name)
+    }
+
+    fn is_ignored_user(&self, name: &str) -> bool {
+        self.cfg.ignore_users.iter().any(|u| same_name(name, u))
+    }
+
+    fn line(at: Millis, msg: &Message, own: bool) -> ChatLine {
+        ChatLine { at, user: Arc::from(msg.user.as_str()), text: msg.text.clone(), own, action: msg.action }
+    }
+
+    // ------------------------------------------------------------------ inbound events
+
+    pub fn on_chat(&mut self, env: &mut Env, msg: Message, correlation_id: Option<&str>) {
+        let cid = correlation_id;
+        if msg.user == "[server]" {
+            return self.decide(env, cid, None, None, Outcome::Ignored, Some(Reason::ServerMessage));
+        }
+        let at = msg.time.map_or(env.now, |t| t.min(env.now));
+        self.context.expire(env.now);
+        if Self::is_bot(env, &msg.user) {
+            self.context.push(Self::line(at, &msg, true));
+            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::OwnMessage));
+        }
+        if msg.shadow {
+            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::ShadowMuted));
+        }
+        if self.is_ignored_user(&msg.user) {
+            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::IgnoredUser));
+        }
+        // The join backlog is real conversation: remember it, but never answer it.
+        let backlog = msg.time.is_some_and(|t| t < env.start);
+        if backlog {
+            if msg.time.is_some_and(|t| t >= env.now.before(self.cfg.context.max_age)) {
+                self.context.push(Self::line(at, &msg, false));
+            }
+            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::Backlog));
+        }
+        self.context.push(Self::line(at, &msg, false));
+        self.new_lines = self.new_lines.saturating_add(1);
+
+        let t = &self.cfg.triggers;
+        let mut candidates: Vec<(Trigger, f64, Duration)> = Vec::new();
+        if t.mention.enabled && self.matcher.is_mention(&msg.text) {
+            candidates.push((Trigger::Mention, t.mention.probability, t.mention.cooldown));
+        }
+        if !t.keywords.is_empty() {
+            for k in self.matcher.keywords(&msg.text) {
+                let kw = &t.keywords[k];
+                candidates.push((Trigger::Keyword(k), kw.probability, kw.cooldown));
+            }
+        }
+        // The first trigger that fires wins; a channel-wide limit silences them all.
+        for (trigger, probability, cooldown) in candidates {
+            let ask = Ask { trigger, user: Some(&msg.user), correlation_id: cid, probability, cooldown, prompt: Prompt::Chat };
+            match self.consider(env, ask) {
+                Ok(()) => break,
+                Err(reason) if !reason_is_per_trigger(reason) => break,
+                Err(_) => {}
+            }
+        }
+    }
+
+    pub fn on_pm(&mut self, env: &mut Env, msg: Message, to: &str, correlation_id: Option<&str>) {
+        let cid = correlation_id;
+        if Self::is_bot(env, &msg.user) {
+            let thread = self.pm_thread(env.now, &to.to_lowercase());
+            thread.push(Self::line(env.now, &msg, true));
+            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::OwnMessage));
+        }
+        if !Self::is_bot(env, to) {
+            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::NotForBot));
+        }
+        if self.is_ignored_user(&msg.user) {
+            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::IgnoredUser));
+        }
+        if msg.time.is_some_and(|t| t < env.start) {
+            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::Backlog));
+        }
+        let user_lc = msg.user.to_lowercase();
+        let now = env.now;
+        self.pm_thread(now, &user_lc).push(Self::line(now, &msg, false));
+        if self.cfg.triggers.pm_enabled {
+            let ask = Ask {
+                trigger: Trigger::Pm,
+                user: Some(&msg.user),
+                correlation_id: cid,
+                probability: 1.0,
+                cooldown: Duration::ZERO,
+                prompt: Prompt::Pm(msg.user.clone()),
+            };
+            let _ = self.consider(env, ask);
+        }
+    }
+
+    pub fn on_media(&mut self, env: &mut Env, id: &str, title: &str, fresh: bool, correlation_id: Option<&str>) {
+        let key = key_of((id, title));
+        let repeat = self.last_media == Some(key);
+        self.last_media = Some(key);
+        if !self.cfg.triggers.media_change.enabled {
+            return;
+        }
+        let trigger = Some(Trigger::MediaChange);
+        if repeat {
+            return self.decide(env, correlation_id, None, trigger, Outcome::Ignored, Some(Reason::DuplicateMedia));
+        }
+        if !fresh {
+            return self.decide(env, correlation_id, None, trigger, Outcome::Ignored, Some(Reason::MediaResync));
+        }
+        let ask = Ask {
+            trigger: Trigger::MediaChange,
+            user: None,
+            correlation_id,
+            probability: self.cfg.triggers.media_change.probability,
+            cooldown: Duration::ZERO,
+            prompt: Prompt::Media(title.to_owned()),
+        };
+        let _ = self.consider(env, ask);
+    }
+
+    pub fn on_presence(&mut self, joined: &[String], left: Option<&str>, replace: bool) {
+        if replace {
+            self.present.clear();
+        }
+        for name in joined {
+            if self.present.len() < MAX_PRESENT_USERS {
+                self.present.insert(name.to_lowercase());
+            }
+        }
+        if let Some(name) = left {
+            self.present.remove(&name.to_lowercase());
+        }
+    }
+
+    /// The contextual trigger's timer.
+    pub fn on_participation_timer(&mut self, env: &mut Env) {
+        self.arm_participation(env.now, env.timers);
+        if env.shutting_down {
+            return;
+        }
+        let c = &self.cfg.triggers.contextual;
+        if self.new_lines < c.min_new_messages.max(1) {
+            return self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Suppressed, Some(Reason::NotEnoughNewMessages));
+        }
+        self.new_lines = 0;
+        let ask = Ask {
+            trigger: Trigger::Contextual,
+            user: None,
+            correlation_id: None,
+            probability: c.probability,
+            cooldown: Duration::ZERO,
+            prompt: Prompt::ParticipationCheck,
+        };
+        let _ = self.consider(env, ask);
+    }
+
+    // ------------------------------------------------------------------ deciding to speak
+
+    /// Runs the checks for one trigger and fires it (an LLM request) if all pass. The
+    /// order is fixed: shutdown, the trigger's own cooldown, its probability, then the
+    /// channel's limits; so a limit is only charged with silences that would otherwise
+    /// have been replies.
+    fn consider(&mut self, env: &mut Env, ask: Ask) -> Result<(), Reason> {
+        let verdict = self.check(env, &ask);
+        match verdict {
+            Err(reason) => {
+                self.decide(env, ask.correlation_id, ask.user, Some(ask.trigger), Outcome::Suppressed, Some(reason));
+                Err(reason)
+            }
+            Ok(()) => {
+                self.decide(env, ask.correlation_id, ask.user, Some(ask.trigger), Outcome::Fired, None);
+                self.last_fire = Some(env.now);
+                self.trigger_last.insert(ask.trigger, env.now);
+                if ask.trigger == Trigger::MediaChange {
+                    self.last_media_comment = Some(env.now);
+                }
+                let purpose = match ask.prompt {
+                    Prompt::ParticipationCheck => Purpose::ParticipationCheck,
+                    _ => Purpose::Reply,
+                };
+                let user = ask.user.map(str::to_lowercase);
+                if purpose == Purpose::Reply {
+                    self.reserve(user.as_deref());
+                }
+                let audience = match &ask.prompt {
+                    Prompt::Pm(to) => Audience::Pm(to.clone()),
+                    _ => Audience::Channel,
+                };
+                let messages = self.prompt(env, &ask.prompt);
+                let pending = Pending {
+                    trigger: ask.trigger,
+                    purpose,
+                    audience,
+                    user,
+                    correlation_id: ask.correlation_id.map(str::to_owned),
+                    provider_index: 0,
+                    messages,
+                };
+                self.call(env, pending);
+                Ok(())
+            }
+        }
+    }
+
+    fn check(&mut self, env: &mut Env, ask: &Ask) -> Result<(), Reason> {
+        if env.shutting_down {
+            return Err(Reason::ShuttingDown);
+        }
+        if !cooled_down(self.trigger_last.get(&ask.trigger).copied(), ask.cooldown, env.now) {
+            return Err(Reason::TriggerCooldown);
+        }
+        if ask.trigger == Trigger::MediaChange
+            && !cooled_down(self.last_media_comment, self.cfg.limits.media_change_cooldown, env.now)
+        {
+            return Err(Reason::MediaChangeCooldown);
+        }
+        if ask.probability < 1.0 && !self.chance(ask.probability) {
+            return Err(Reason::Probability);
+        }
+        self.check_limits(env.now, ask.trigger, ask.user)
+    }
+
+    /// The channel-wide limits (and the per-user one when a user asked).
+    fn check_limits(&mut self, now: Millis, trigger: Trigger, user: Option<&str>) -> Result<(), Reason> {
+        let lim = &self.cfg.limits;
+        if self.requests.len() >= lim.max_in_flight as usize {
+            return Err(Reason::MaxInFlight);
+        }
+        if let Some(user) = user {
+            if let Some(state) = self.users.get_mut(&user.to_lowercase()) {
+                if !state.window.allows(now, lim.per_user, state.pending) {
+                    return Err(Reason::PerUserLimit);
+                }
+            }
+        }
+        if !self.window.allows(now, lim.per_channel, self.pending) {
+            return Err(Reason::PerChannelLimit);
+        }
+        // PMs are private: the room's pacing does not apply to them.
+        if trigger != Trigger::Pm {
+            let last = self.last_fire.max(self.last_send);
+            if !cooled_down(last, lim.global_cooldown, now) {
+                return Err(Reason::GlobalCooldown);
+            }
+        }
+        Ok(())
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
+            return false;
+        }
+        let x = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        x < p
+    }
+
+    fn reserve(&mut self, user: Option<&str>) {
+        self.pending += 1;
+        if let Some(u) = user {
+            self.users.entry(u.to_owned()).or_default().pending += 1;
+        }
+    }
+
+    /// Ends a reply's pending state: `sent_at` records it in the windows.
+    fn settle(&mut self, user: Option<&str>, sent_at: Option<Millis>) {
+        self.pending = self.pending.saturating_sub(1);
+        let lim = self.cfg.limits.clone();
+        if let Some(t) = sent_at {
+            self.window.record(t, lim.per_channel);
+        }
+        if let Some(u) = user {
+            let state = self.users.entry(u.to_owned()).or_default();
+            state.pending = state.pending.saturating_sub(1);
+            if let Some(t) = sent_at {
+                state.window.record(t, lim.per_user);
+            }
+        }
+        if self.users.len() > USER_PRUNE_THRESHOLD {
+            let now = sent_at.unwrap_or(Millis::ZERO).max(self.last_send.unwrap_or(Millis::ZERO));
+            let window = lim.per_user.window;
+            self.users.retain(|_, s| s.pending > 0 || !s.window.is_idle(now, window));
+        }
+    }
+
+    fn next_id(&mut self) -> RequestId {
+        self.seq = self.seq.wrapping_add(1);
+        RequestId((u64::from(self.slot) << 32) | u64::from(self.seq))
+    }
+
+    /// Issues the LLM request for `pending` with its current provider.
+    fn call(&mut self, env: &mut Env, pending: Pending) {
+        let id = self.next_id();
+        let provider = self.cfg.providers[pending.provider_index.min(self.cfg.providers.len() - 1)].clone();
+        let budget = env.llm.providers.get(&provider).map_or(Duration::from_secs(30), |p| {
+            p.timeout.saturating_mul(p.retries.saturating_add(1)).saturating_add(Duration::from_secs(u64::from(p.retries)))
+        });
+        env.timers.arm(TimerKey::LlmDeadline(id), env.now.after(budget + DEADLINE_SLACK));
+        env.out.push_back(Effect::CallLlm(LlmCall {
+            id,
+            channel: self.cfg.name.clone(),
+            provider,
+            messages: pending.messages.clone(),
+            purpose: pending.purpose,
+        }));
+        self.requests.insert(id, pending);
+    }
+
+    // ------------------------------------------------------------------ prompts
+
+    fn prompt(&mut self, env: &Env, prompt: &Prompt) -> Vec<PromptMessage> {
+        let mut messages = vec![PromptMessage { role: Role::System, content: self.cfg.system_prompt.clone() }];
+        let lines: Vec<&ChatLine> = match prompt {
+            Prompt::Pm(user) => match self.pm_threads.get(&user.to_lowercase()) {
+                Some(t) => t.lines().collect(),
+                None => Vec::new(),
+            },
+            _ => self.context.lines().collect(),
+        };
+        for l in lines {
+            let content = if l.own {
+                l.text.clone()
+            } else if l.action {
+                format!("{} {}", l.user, l.text)
+            } else {
+                format!("{}: {}", l.user, l.text)
+            };
+            let role = if l.own { Role::Assistant } else { Role::User };
+            messages.push(PromptMessage { role, content });
+        }
+        let _ = env;
+        match prompt {
+            Prompt::Chat | Prompt::Pm(_) => {}
+            Prompt::Media(title) => messages.push(PromptMessage {
+                role: Role::User,
+                content: format!("[The video changed to: {title}] Say something short about it."),
+            }),
+            Prompt::ParticipationCheck => messages.push(PromptMessage {
+                role: Role::User,
+                content: "[Would you naturally join this conversation right now? Answer only yes or no.]".into(),
+            }),
+            Prompt::Contextual => messages.push(PromptMessage {
+                role: Role::User,
+                content: "[Join the conversation with one short line.]".into(),
+            }),
+        }
+        messages
+    }
+
+    fn pm_thread(&mut self, now: Millis, user_lc: &str) -> &mut Context {
+        if !self.pm_threads.contains_key(user_lc) && self.pm_threads.len() >= MAX_PM_THREADS {
+            // Forget the conversation that has been quiet longest.
+            if let Some(oldest) = self
+                .pm_threads
+                .iter()
+                .min_by_key(|(_, t)| t.last_at().unwrap_or(Millis::ZERO))
+                .map(|(k, _)| k.clone())
+            {
+                self.pm_threads.remove(&oldest);
+            }
+        }
+        let (max, age) = (self.cfg.context.max_messages, self.cfg.context.max_age);
+        let thread = self.pm_threads.entry(user_lc.to_owned()).or_insert_with(|| Context::new(max, age));
+        thread.expire(now);
+        thread
+    }
+
+    // ------------------------------------------------------------------ LLM answers
+
+    /// An LLM request finished (or its deadline passed). Unknown ids (late answers to
+    /// abandoned requests) are ignored.
+    pub fn on_llm_done(&mut self, env: &mut Env, id: RequestId, result: Result<LlmReply, LlmError>) {
+        let Some(pending) = self.requests.remove(&id) else { return };
+        env.timers.disarm(TimerKey::LlmDeadline(id));
+        let user = pending.user.clone();
+        let cid = pending.correlation_id.clone();
+        match (pending.purpose, result) {
+            (Purpose::ParticipationCheck, Ok(reply)) => {
+                if is_yes(&reply.text) {
+                    let ask = Ask {
+                        trigger: Trigger::Contextual,
+                        user: None,
+                        correlation_id: None,
+                        probability: 1.0,
+                        cooldown: Duration::ZERO,
+                        prompt: Prompt::Contextual,
+                    };
+                    // The check itself passed the limits; the reply must pass them again.
+                    let _ = self.check_limits(env.now, Trigger::Contextual, None).map(|()| {
+                        self.reserve(None);
+                        let messages = self.prompt(env, &ask.prompt);
+                        let pending = Pending {
+                            trigger: Trigger::Contextual,
+                            purpose: Purpose::Reply,
+                            audience: Audience::Channel,
+                            user: None,
+                            correlation_id: None,
+                            provider_index: 0,
+                            messages,
+                        };
+                        self.last_fire = Some(env.now);
+                        self.call(env, pending);
+                    });
+                } else {
+                    self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Suppressed, Some(Reason::DeclinedToJoin));
+                }
+            }
+            (Purpose::ParticipationCheck, Err(e)) => {
+                self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Dropped, Some(Reason::LlmFailed(e)));
+            }
+            (Purpose::Reply, Ok(reply)) => match self.rules.process(&reply.text, &self.recent) {
+                Ok(parts) => self.enqueue(env, &pending, parts, None),
+                Err(rejection) => {
+                    let reason = match rejection {
+                        Rejection::Empty => Reason::EmptyReply,
+                        Rejection::Blocked => Reason::BlockedReply,
+                        Rejection::Duplicate => Reason::DuplicateReply,
+                    };
+                    self.decide(env, cid.as_deref(), user.as_deref(), Some(pending.trigger), Outcome::Dropped, Some(reason));
+                    self.settle(user.as_deref(), None);
+                }
+            },
+            (Purpose::Reply, Err(e)) => {
+                if e.is_transient() && pending.provider_index + 1 < self.cfg.providers.len() && !env.shutting_down {
+                    let mut next = pending;
+                    next.provider_index += 1;
+                    return self.call(env, next);
+                }
+                self.decide(env, cid.as_deref(), user.as_deref(), Some(pending.trigger), Outcome::Dropped, Some(Reason::LlmFailed(e)));
+                self.fall_back(env, &pending);
+            }
+        }
+        self.flush(env);
+    }
+
+    /// Says the next fallback response in rotation, or settles the reply as silent.
+    fn fall_back(&mut self, env: &mut Env, pending: &Pending) {
+        let fallbacks = &env.llm.fallback_responses;
+        for _ in 0..fallbacks.len() {
+            let text = fallbacks[self.fallback_next % fallbacks.len()].clone();
+            self.fallback_next = self.fallback_next.wrapping_add(1);
+            if let Ok(parts) = self.rules.process(&text, &self.recent) {
+                return self.enqueue(env, pending, parts, Some(Reason::Fallback));
+            }
+        }
+        self.settle(pending.user.as_deref(), None);
+    }
+
+    fn enqueue(&mut self, env: &mut Env, pending: &Pending, parts: Vec<String>, reason: Option<Reason>) {
+        self.recent.remember(&parts.join(" "), self.cfg.response.dedupe_window);
+        for (i, text) in parts.into_iter().enumerate() {
+            let kind = match &pending.audience {
+                Audience::Channel => CommandKind::Say { text },
+                Audience::Pm(to) => CommandKind::Pm { to: to.clone(), text },
+            };
+            self.outbox.push_back(Outgoing {
+                command: Command { channel: self.cfg.name.clone(), kind, correlation_id: pending.correlation_id.clone() },
+                trigger: pending.trigger,
+                user: pending.user.clone(),
+                first: i == 0,
+                reason,
+            });
+        }
+        while self.outbox.len() > env.outbound_queue.max(1) {
+            if let Some(dropped) = self.outbox.pop_front() {
+                let cid = dropped.command.correlation_id.as_deref();
+                self.decide(env, cid, dropped.user.as_deref(), Some(dropped.trigger), Outcome::Dropped, Some(Reason::QueueFull));
+                if dropped.first {
+                    self.settle(dropped.user.as_deref(), None);
+                }
+            }
+        }
+    }
+
+    /// Sends what the spacing allows now and arms the timer for the rest.
+    pub fn flush(&mut self, env: &mut Env) {
+        if !env.connected {
+            return;
+        }
+        while !self.outbox.is_empty() {
+            let ready_at = self.last_send.map_or(env.now, |t| t.after(self.cfg.limits.send_spacing));
+            if ready_at > env.now {
+                env.timers.arm(TimerKey::SendSpacing(self.slot), ready_at);
+                return;
+            }
+            let Some(out) = self.outbox.pop_front() else { break };
+            self.last_send = Some(env.now);
+            if out.first {
+                self.settle(out.user.as_deref(), Some(env.now));
+            }
+            let user = match &out.command.kind {
+                CommandKind::Pm { to, .. } => Some(to.clone()),
+                CommandKind::Say { .. } => out.user.clone(),
+            };
+            let cid = out.command.correlation_id.clone();
+            env.out.push_back(Effect::Publish(out.command));
+            self.decide(env, cid.as_deref(), user.as_deref(), Some(out.trigger), Outcome::Sent, out.reason);
+        }
+    }
+
+    /// The engine gave up waiting for `id`.
+    pub fn on_deadline(&mut self, env: &mut Env, id: RequestId) {
+        if self.requests.contains_key(&id) {
+            env.out.push_back(Effect::CancelLlm(id));
+            self.on_llm_done(env, id, Err(LlmError::Timeout));
+        }
+    }
+
+    /// The channel is being removed: abandon everything it was doing.
+    pub fn remove(mut self, env: &mut Env) {
+        env.timers.disarm(TimerKey::Participation(self.slot));
+        env.timers.disarm(TimerKey::SendSpacing(self.slot));
+        for (id, p) in std::mem::take(&mut self.requests) {
+            env.timers.disarm(TimerKey::LlmDeadline(id));
+            env.out.push_back(Effect::CancelLlm(id));
+            self.decide(env, p.correlation_id.as_deref(), p.user.as_deref(), Some(p.trigger), Outcome::Dropped, Some(Reason::ChannelRemoved));
+        }
+        for o in std::mem::take(&mut self.outbox) {
+            let cid = o.command.correlation_id.as_deref();
+            self.decide(env, cid, o.user.as_deref(), Some(o.trigger), Outcome::Dropped, Some(Reason::ChannelRemoved));
+        }
+    }
+}
+
+/// One trigger's request to speak.
+struct Ask<'a> {
+    trigger: Trigger,
+    user: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    probability: f64,
+    cooldown: Duration,
+    prompt: Prompt,
+}
+
+/// What the prompt ends with.
+enum Prompt {
+    /// The channel context; the last line is the one being answered.
+    Chat,
+    /// The PM conversation with this user.
+    Pm(String),
+    /// A comment on a new title.
+    Media(String),
+    /// The contextual yes/no question.
+    ParticipationCheck,
+    /// The contextual reply after a yes.
+    Contextual,
+}
+
+/// Reasons specific to one trigger: another matching trigger may still fire.
+fn reason_is_per_trigger(reason: Reason) -> bool {
+    matches!(reason, Reason::Probability | Reason::TriggerCooldown)
+}
+
+/// Case-insensitive name equality; CyTube names are ASCII, so that path allocates nothing.
+fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || (!(a.is_ascii() && b.is_ascii()) && a.to_lowercase() == b.to_lowercase())
+}
+
+/// Does a participation answer mean yes? ("Yes.", "yes, …", "YES!")
+fn is_yes(text: &str) -> bool {
+    let t = text.trim_start_matches(|c: char| !c.is_alphanumeric());
+    t.get(..3).is_some_and(|w| w.eq_ignore_ascii_case("yes")) && !t[3..].starts_with(|c: char| c.is_alphanumeric())
+}

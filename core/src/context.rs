@@ -1,0 +1,132 @@
+//! The conversation a channel remembers: the last `max_messages` lines within `max_age`.
+//!
+//! Lines arrive in time order, so a ring buffer gives O(1) push and O(1) amortised expiry
+//! from the front. The context owns no policy about who is worth remembering; the engine
+//! decides what to push. It never grows past `max_messages`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::time::Millis;
+
+/// One remembered line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatLine {
+    /// When it was seen (engine time).
+    pub at: Millis,
+    /// Who said it.
+    pub user: Arc<str>,
+    /// Plain text.
+    pub text: String,
+    /// Said by the bot itself (its own echo).
+    pub own: bool,
+    /// A `/me` action line ("alice waves"), rendered without a colon.
+    pub action: bool,
+}
+
+/// A bounded, time-limited window of lines.
+#[derive(Debug, Clone)]
+pub struct Context {
+    lines: VecDeque<ChatLine>,
+    max_messages: usize,
+    max_age: Duration,
+}
+
+impl Context {
+    /// An empty window.
+    pub fn new(max_messages: usize, max_age: Duration) -> Context {
+        Context { lines: VecDeque::with_capacity(max_messages.min(64)), max_messages: max_messages.max(1), max_age }
+    }
+
+    /// Applies new bounds (config reload), trimming at once.
+    pub fn resize(&mut self, max_messages: usize, max_age: Duration) {
+        self.max_messages = max_messages.max(1);
+        self.max_age = max_age;
+        while self.lines.len() > self.max_messages {
+            self.lines.pop_front();
+        }
+    }
+
+    /// Remembers a line, dropping the oldest beyond `max_messages`.
+    pub fn push(&mut self, line: ChatLine) {
+        if self.lines.len() == self.max_messages {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+        debug_assert!(self.lines.len() <= self.max_messages);
+    }
+
+    /// Forgets lines older than `max_age` at `now`.
+    pub fn expire(&mut self, now: Millis) {
+        let oldest_kept = now.before(self.max_age);
+        while self.lines.front().is_some_and(|l| l.at < oldest_kept) {
+            self.lines.pop_front();
+        }
+    }
+
+    /// The remembered lines, oldest first.
+    pub fn lines(&self) -> impl ExactSizeIterator<Item = &ChatLine> {
+        self.lines.iter()
+    }
+
+    /// How many lines are remembered.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Time of the newest line.
+    pub fn last_at(&self) -> Option<Millis> {
+        self.lines.back().map(|l| l.at)
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.lines.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(at: u64, text: &str) -> ChatLine {
+        ChatLine { at: Millis(at), user: "u".into(), text: text.into(), own: false, action: false }
+    }
+
+    #[test]
+    fn context_keeps_only_the_last_max_messages() {
+        let mut c = Context::new(3, Duration::from_secs(60));
+        for i in 0..5 {
+            c.push(line(i, &i.to_string()));
+        }
+        assert_eq!(c.lines().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn lines_older_than_max_age_expire() {
+        let mut c = Context::new(10, Duration::from_secs(60));
+        c.push(line(0, "old"));
+        c.push(line(30_000, "mid"));
+        c.push(line(70_000, "new"));
+        c.expire(Millis(90_000));
+        assert_eq!(c.lines().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["mid", "new"]);
+        c.expire(Millis(200_000));
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn shrinking_on_reload_trims_the_oldest() {
+        let mut c = Context::new(5, Duration::from_secs(60));
+        for i in 0..5 {
+            c.push(line(i, &i.to_string()));
+        }
+        c.resize(2, Duration::from_secs(60));
+        assert_eq!(c.lines().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["3", "4"]);
+    }
+}

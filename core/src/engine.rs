@@ -1,0 +1,274 @@
+//! The engine: routes inputs to channels, fires timers, swaps configs, and queues effects.
+//!
+//! It owns the channels, the timer table and the effect queue; decisions themselves live
+//! in `channel.rs`. `handle` is infallible: malformed input becomes a counted decision.
+//! Time only moves forward: a `now` earlier than one already seen is treated as the
+//! latest seen, so clock steps backwards cannot reopen a window or a cooldown.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::channel::{Channel, ChannelStats, ChannelStatus, Env};
+use crate::config::Config;
+use crate::contract::{Decision, Effect, Input, Outcome, Reason};
+use crate::event::{self, Event};
+use crate::time::Millis;
+use crate::timer::{TimerKey, Timers};
+
+/// The bot's decision logic for every configured channel.
+pub struct Engine {
+    config: Config,
+    seed: u64,
+    start: Millis,
+    now: Millis,
+    channels: BTreeMap<u32, Channel>,
+    /// ASCII-lower-cased channel name → slot. Slots are never reused, so request ids
+    /// and timers of a removed channel can never reach a new one.
+    slots: HashMap<String, u32>,
+    next_slot: u32,
+    timers: Timers,
+    effects: VecDeque<Effect>,
+    shutting_down: bool,
+    shutdown_reported: bool,
+    connected: bool,
+    /// Bodies that were not envelopes, or named no configured channel.
+    unrouted: u64,
+}
+
+impl Engine {
+    /// Creates the engine at `now` (its start: chat older than this is backlog) with the
+    /// seed of every channel's RNG.
+    pub fn new(config: Config, seed: u64, now: Millis) -> Engine {
+        let mut engine = Engine {
+            config: config.clone(),
+            seed,
+            start: now,
+            now,
+            channels: BTreeMap::new(),
+            slots: HashMap::new(),
+            next_slot: 0,
+            timers: Timers::default(),
+            effects: VecDeque::new(),
+            shutting_down: false,
+            shutdown_reported: false,
+            connected: true,
+            unrouted: 0,
+        };
+        engine.apply_config(config);
+        engine
+    }
+
+    /// Feeds one input at time `now`. Afterwards drain [`Engine::poll_effect`] until it
+    /// returns `None`, then wake again at [`Engine::poll_timeout`] with [`Input::Tick`].
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        self.now = self.now.max(now);
+        self.fire_timers();
+        match input {
+            Input::Event { subject, body } => self.on_event(subject.as_deref(), &body),
+            Input::LlmDone { id, result } => {
+                let slot = (id.0 >> 32) as u32;
+                self.with_channel(slot, |ch, env| ch.on_llm_done(env, id, result));
+            }
+            Input::Tick => {}
+            Input::Reload(config) => self.apply_config(*config),
+            Input::Shutdown => {
+                self.shutting_down = true;
+                for slot in self.channels.keys() {
+                    self.timers.disarm(TimerKey::Participation(*slot));
+                }
+            }
+            Input::Connection { up } => {
+                self.connected = up;
+                if up {
+                    let slots: Vec<u32> = self.channels.keys().copied().collect();
+                    for slot in slots {
+                        self.with_channel(slot, Channel::flush);
+                    }
+                }
+            }
+        }
+        if self.shutting_down && !self.shutdown_reported && self.channels.values().all(Channel::is_idle) {
+            self.shutdown_reported = true;
+            self.effects.push_back(Effect::ShutdownComplete);
+        }
+    }
+
+    /// The next effect to execute, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When the engine next needs a `Tick`, if ever.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.next()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The latest time the engine has seen.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// Per-channel status for /health, in slot (config) order.
+    pub fn status(&self) -> Vec<ChannelStatus> {
+        self.channels.values().map(Channel::status).collect()
+    }
+
+    /// Per-channel event counters, by channel name.
+    pub fn stats(&self) -> BTreeMap<String, ChannelStats> {
+        self.channels.values().map(|c| (c.cfg.name.clone(), c.stats.clone())).collect()
+    }
+
+    /// Bodies that could not be routed to a channel (not an envelope, unknown channel).
+    pub fn unrouted(&self) -> u64 {
+        self.unrouted
+    }
+
+    /// True once shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    fn with_channel(&mut self, slot: u32, f: impl FnOnce(&mut Channel, &mut Env)) {
+        let Some(ch) = self.channels.get_mut(&slot) else { return };
+        let mut env = Env {
+            now: self.now,
+            start: self.start,
+            bot: &self.config.bot,
+            llm: &self.config.llm,
+            shutting_down: self.shutting_down,
+            connected: self.connected,
+            outbound_queue: self.config.nats.outbound_queue,
+            out: &mut self.effects,
+            timers: &mut self.timers,
+        };
+        f(ch, &mut env);
+    }
+
+    fn fire_timers(&mut self) {
+        // Bounded: each timer fires once per call and re-arms only into the future.
+        let mut budget = self.timers.len() + 16;
+        while let Some((_, key)) = self.timers.pop_due(self.now) {
+            match key {
+                TimerKey::Participation(slot) => self.with_channel(slot, Channel::on_participation_timer),
+                TimerKey::SendSpacing(slot) => self.with_channel(slot, Channel::flush),
+                TimerKey::LlmDeadline(id) => self.with_channel((id.0 >> 32) as u32, |ch, env| ch.on_deadline(env, id)),
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    fn slot_of(&self, name: &str) -> Option<u32> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.slots.get(&name.to_ascii_lowercase()).copied()
+        } else {
+            self.slots.get(name).copied()
+        }
+    }
+
+    fn unrouted_decision(&mut self, channel: &str, correlation_id: Option<String>, reason: Reason) {
+        self.unrouted += 1;
+        self.effects.push_back(Effect::Decision(Decision {
+            at: self.now,
+            channel: channel.to_owned(),
+            correlation_id,
+            user: None,
+            trigger: None,
+            outcome: Outcome::Ignored,
+            reason: Some(reason),
+        }));
+    }
+
+    fn on_event(&mut self, subject: Option<&str>, body: &[u8]) {
+        let env = match event::parse(body, subject) {
+            Ok(env) => env,
+            Err(_) => {
+                let channel = subject.and_then(event::split_subject).map_or("", |(c, _)| c);
+                return self.unrouted_decision(channel, None, Reason::MalformedEvent);
+            }
+        };
+        let Some(slot) = self.slot_of(&env.channel) else {
+            return self.unrouted_decision(&env.channel, env.correlation_id, Reason::UnknownChannel);
+        };
+        let cid = env.correlation_id;
+        self.with_channel(slot, |ch, e| {
+            ch.count_event(env.event.kind());
+            let message = match &env.event {
+                Event::Chat(m) | Event::Pm { message: m, .. } => Some(m),
+                _ => None,
+            };
+            let is_media = matches!(env.event, Event::MediaChange { .. });
+            if (message.is_some() || is_media) && !ch.first_sighting(e, cid.as_deref(), message) {
+                return;
+            }
+            match env.event {
+                Event::Chat(m) => ch.on_chat(e, m, cid.as_deref()),
+                Event::Pm { message, to } => ch.on_pm(e, message, &to, cid.as_deref()),
+                Event::MediaChange { id, title, fresh } => ch.on_media(e, &id, &title, fresh, cid.as_deref()),
+                Event::UserJoined(name) => ch.on_presence(&[name], None, false),
+                Event::UserLeft(name) => ch.on_presence(&[], Some(&name), false),
+                Event::UserList(names) => ch.on_presence(&names, None, true),
+                Event::Malformed { .. } => e.out.push_back(Effect::Decision(Decision {
+                    at: e.now,
+                    channel: ch.cfg.name.clone(),
+                    correlation_id: cid,
+                    user: None,
+                    trigger: None,
+                    outcome: Outcome::Ignored,
+                    reason: Some(Reason::MalformedEvent),
+                })),
+                Event::Other { .. } => {}
+            }
+        });
+    }
+
+    /// Installs `config`: channels that stay keep their state, removed ones are dropped
+    /// (their requests cancelled), added ones start empty.
+    fn apply_config(&mut self, config: Config) {
+        let mut keep: HashMap<String, u32> = HashMap::new();
+        for cc in &config.channels {
+            let key = cc.name.to_ascii_lowercase();
+            let slot = match self.slots.get(&key) {
+                Some(&slot) => {
+                    if let Some(ch) = self.channels.get_mut(&slot) {
+                        ch.reconfigure(cc.clone(), &config.bot, self.now, &mut self.timers);
+                    }
+                    slot
+                }
+                None => {
+                    let slot = self.next_slot;
+                    self.next_slot += 1;
+                    let ch = Channel::new(slot, cc.clone(), &config.bot, self.seed, self.now, &mut self.timers);
+                    self.channels.insert(slot, ch);
+                    slot
+                }
+            };
+            keep.insert(key, slot);
+        }
+        let removed: Vec<u32> = self.slots.values().copied().filter(|s| !keep.values().any(|k| k == s)).collect();
+        self.slots = keep;
+        self.config = config;
+        for slot in removed {
+            if let Some(ch) = self.channels.remove(&slot) {
+                let mut env = Env {
+                    now: self.now,
+                    start: self.start,
+                    bot: &self.config.bot,
+                    llm: &self.config.llm,
+                    shutting_down: self.shutting_down,
+                    connected: self.connected,
+                    outbound_queue: self.config.nats.outbound_queue,
+                    out: &mut self.effects,
+                    timers: &mut self.timers,
+                };
+                ch.remove(&mut env);
+            }
+        }
+    }
+}

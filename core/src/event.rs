@@ -1,0 +1,322 @@
+//! Kryten event envelopes, parsed into the few events the bot acts on.
+//!
+//! Kryten-Robot publishes every CyTube socket.io event as
+//! `{"event_name","payload","channel","domain","timestamp","correlation_id"}` (see
+//! `reference/kryten-wire.md` §2). The payload is whatever CyTube sent: an object, a bare
+//! number, a string or an array. Parsing therefore never fails on a payload's shape: an
+//! event the bot does not use is [`Event::Other`], and a used event whose payload has the
+//! wrong shape is [`Event::Malformed`], so the engine can count it and move on. Only a
+//! body that is not a JSON envelope at all is an error.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::html;
+use crate::time::Millis;
+
+/// A parsed envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The channel named in the envelope (or, failing that, in the subject).
+    pub channel: String,
+    /// Kryten's per-event uuid, when present.
+    pub correlation_id: Option<String>,
+    /// The robot's receive time, when present and parseable.
+    pub timestamp: Option<Millis>,
+    /// What happened.
+    pub event: Event,
+}
+
+/// The events the engine distinguishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A public chat line (`chatMsg`), text already decoded from HTML.
+    Chat(Message),
+    /// A private message (`pm`); `to` is the recipient.
+    Pm {
+        /// The message.
+        message: Message,
+        /// Recipient's name.
+        to: String,
+    },
+    /// New media started (`changeMedia`).
+    MediaChange {
+        /// Provider id of the item.
+        id: String,
+        /// Title as shown.
+        title: String,
+        /// True for a new item (`currentTime` ≤ 0, CyTube's lead-in); false for the item
+        /// already playing, re-sent on join or player resync.
+        fresh: bool,
+    },
+    /// A user joined (`addUser`).
+    UserJoined(String),
+    /// A user left (`userLeave`).
+    UserLeft(String),
+    /// The full user list (`userlist`).
+    UserList(Vec<String>),
+    /// A used event whose payload had the wrong shape.
+    Malformed {
+        /// CyTube's event name.
+        event_name: String,
+    },
+    /// An event the bot has no use for (counted, otherwise ignored).
+    Other {
+        /// CyTube's event name.
+        event_name: String,
+    },
+}
+
+/// A chat line or PM as CyTube sent it, decoded to plain text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Sender's name.
+    pub user: String,
+    /// Plain text.
+    pub text: String,
+    /// CyTube server time in ms (`payload.time`), when present.
+    pub time: Option<Millis>,
+    /// `meta.shadow`: sender is shadow-muted; only moderators see it.
+    pub shadow: bool,
+    /// `meta.addClass == "action"` (a `/me` line).
+    pub action: bool,
+}
+
+/// Why a body could not be read as an envelope.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Not JSON, or not an object with `event_name`.
+    #[error("not a Kryten event envelope: {0}")]
+    NotAnEnvelope(String),
+    /// Neither the envelope nor the subject names a channel.
+    #[error("the event names no channel")]
+    NoChannel,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    event_name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    correlation_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow)]
+    username: Cow<'a, str>,
+    #[serde(borrow)]
+    msg: Cow<'a, str>,
+    #[serde(default)]
+    meta: Option<RawMeta<'a>>,
+    #[serde(default)]
+    time: Option<f64>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawMeta<'a> {
+    #[serde(default)]
+    shadow: Option<bool>,
+    #[serde(borrow, default, rename = "addClass")]
+    add_class: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawMedia<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    title: Cow<'a, str>,
+    #[serde(default, rename = "currentTime")]
+    current_time: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct RawUser<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+/// Splits an event subject of either scheme into (channel token, event token):
+/// `kryten.events.cytube.{ch}.{event}` or legacy `cytube.events.{ch}.{event}`.
+pub fn split_subject(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject
+        .strip_prefix("kryten.events.cytube.")
+        .or_else(|| subject.strip_prefix("cytube.events."))?;
+    let (channel, event) = rest.split_once('.')?;
+    (!channel.is_empty() && !event.is_empty() && !event.contains('.')).then_some((channel, event))
+}
+
+/// Parses one envelope. `subject` (when the body came from NATS) supplies the channel if
+/// the envelope lacks one.
+pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
+    let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotAnEnvelope(e.to_string()))?;
+    let channel = match raw.channel.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => c.to_owned(),
+        None => subject.and_then(split_subject).map(|(c, _)| c.to_owned()).ok_or(EnvelopeError::NoChannel)?,
+    };
+    let payload = raw.payload.map(RawValue::get).unwrap_or("null");
+    let name = raw.event_name.as_ref();
+    let event = if name.eq_ignore_ascii_case("chatMsg") {
+        message(payload).map(|(m, _)| Event::Chat(m))
+    } else if name.eq_ignore_ascii_case("pm") {
+        message(payload).map(|(message, to)| Event::Pm { message, to: to.unwrap_or_default() })
+    } else if name.eq_ignore_ascii_case("changeMedia") {
+        serde_json::from_str::<RawMedia>(payload)
+            .ok()
+            .map(|m| Event::MediaChange {
+                id: m.id.unwrap_or_default().into_owned(),
+                title: m.title.trim().to_owned(),
+                fresh: m.current_time.is_none_or(|t| t <= 0.0),
+            })
+    } else if name.eq_ignore_ascii_case("addUser") {
+        serde_json::from_str::<RawUser>(payload).ok().map(|u| Event::UserJoined(u.name.into_owned()))
+    } else if name.eq_ignore_ascii_case("userLeave") {
+        serde_json::from_str::<RawUser>(payload).ok().map(|u| Event::UserLeft(u.name.into_owned()))
+    } else if name.eq_ignore_ascii_case("userlist") {
+        serde_json::from_str::<Vec<RawUser>>(payload)
+            .ok()
+            .map(|us| Event::UserList(us.into_iter().map(|u| u.name.into_owned()).collect()))
+    } else {
+        Some(Event::Other { event_name: name.to_owned() })
+    };
+    Ok(Envelope {
+        channel,
+        correlation_id: raw.correlation_id.map(Cow::into_owned),
+        timestamp: raw.timestamp.as_deref().and_then(Millis::parse_rfc3339),
+        event: event.unwrap_or_else(|| Event::Malformed { event_name: name.to_owned() }),
+    })
+}
+
+fn message(payload: &str) -> Option<(Message, Option<String>)> {
+    let m: RawMessage = serde_json::from_str(payload).ok()?;
+    let meta = m.meta.unwrap_or_default();
+    let time = m.time.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Millis(t as u64));
+    Some((
+        Message {
+            user: m.username.into_owned(),
+            text: html::to_plain_text(&m.msg).into_owned(),
+            time,
+            shadow: meta.shadow.unwrap_or(false),
+            action: meta.add_class.as_deref() == Some("action"),
+        },
+        m.to.map(Cow::into_owned),
+    ))
+}
+
+impl Event {
+    /// CyTube's name for the event kind, for counting.
+    pub fn kind(&self) -> &str {
+        match self {
+            Event::Chat(_) => "chatMsg",
+            Event::Pm { .. } => "pm",
+            Event::MediaChange { .. } => "changeMedia",
+            Event::UserJoined(_) => "addUser",
+            Event::UserLeft(_) => "userLeave",
+            Event::UserList(_) => "userlist",
+            Event::Malformed { event_name } | Event::Other { event_name } => event_name,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Message {
+        match parse(body.as_bytes(), None).unwrap().event {
+            Event::Chat(m) => m,
+            other => panic!("not chat: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_envelope_from_the_wire_reference_parses() {
+        let body = r#"{"event_name":"chatMsg","channel":"lounge","domain":"cytu.be","timestamp":"2026-01-15T10:30:00.123456+00:00","correlation_id":"9b2f","payload":{"username":"alice","time":1768473000123,"meta":{},"msg":"hey KrytenBot, is &lt;b&gt; safe? <strong>really</strong>"}}"#;
+        let env = parse(body.as_bytes(), None).unwrap();
+        assert_eq!(env.channel, "lounge");
+        assert_eq!(env.correlation_id.as_deref(), Some("9b2f"));
+        assert_eq!(env.timestamp, Some(Millis(1_768_473_000_123)));
+        let Event::Chat(m) = env.event else { panic!() };
+        assert_eq!(m.user, "alice");
+        assert_eq!(m.text, "hey KrytenBot, is <b> safe? really");
+        assert_eq!(m.time, Some(Millis(1_768_473_000_123)));
+    }
+
+    #[test]
+    fn shadow_and_action_meta_are_read() {
+        let m = chat(r#"{"event_name":"chatMsg","channel":"c","payload":{"username":"u","msg":"x","meta":{"shadow":true,"addClass":"action","action":true},"time":1}}"#);
+        assert!(m.shadow && m.action);
+    }
+
+    #[test]
+    fn pm_keeps_its_recipient() {
+        let body = r#"{"event_name":"pm","channel":"lounge","payload":{"username":"alice","msg":"psst","meta":{},"time":5,"to":"KrytenBot"}}"#;
+        let Event::Pm { message, to } = parse(body.as_bytes(), None).unwrap().event else { panic!() };
+        assert_eq!((message.user.as_str(), to.as_str()), ("alice", "KrytenBot"));
+    }
+
+    #[test]
+    fn any_payload_shape_is_accepted_without_error() {
+        for payload in ["12", "\"motd\"", "[1,2]", "null", "{\"a\":{}}", "true", "1.5e300"] {
+            for name in ["chatMsg", "pm", "changeMedia", "addUser", "userLeave", "userlist", "usercount", "rank"] {
+                let body = format!(r#"{{"event_name":"{name}","channel":"c","payload":{payload}}}"#);
+                let env = parse(body.as_bytes(), None).unwrap_or_else(|e| panic!("{body}: {e}"));
+                assert!(matches!(env.event, Event::Malformed { .. } | Event::Other { .. } | Event::UserList(_)), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_envelope_is_an_error() {
+        assert!(matches!(parse(b"not json", None), Err(EnvelopeError::NotAnEnvelope(_))));
+        assert!(matches!(parse(b"[1]", None), Err(EnvelopeError::NotAnEnvelope(_))));
+        assert!(matches!(parse(br#"{"payload":{}}"#, None), Err(EnvelopeError::NotAnEnvelope(_))));
+    }
+
+    #[test]
+    fn channel_falls_back_to_the_subject_in_both_schemes() {
+        let body = br#"{"event_name":"usercount","payload":3}"#;
+        assert_eq!(parse(body, Some("kryten.events.cytube.lounge.usercount")).unwrap().channel, "lounge");
+        assert_eq!(parse(body, Some("cytube.events.movies.usercount")).unwrap().channel, "movies");
+        assert_eq!(parse(body, Some("something.else")), Err(EnvelopeError::NoChannel));
+        assert_eq!(split_subject("kryten.events.cytube.lounge.chatmsg"), Some(("lounge", "chatmsg")));
+        assert_eq!(split_subject("kryten.events.cytube.lounge"), None);
+    }
+
+    #[test]
+    fn media_change_and_user_events_parse() {
+        let body = br#"{"event_name":"changeMedia","channel":"c","payload":{"id":"dQw","title":"Rick Astley - Never Gonna Give You Up","seconds":213}}"#;
+        assert_eq!(
+            parse(body, None).unwrap().event,
+            Event::MediaChange { id: "dQw".into(), title: "Rick Astley - Never Gonna Give You Up".into(), fresh: true }
+        );
+        let body = br#"{"event_name":"userlist","channel":"c","payload":[{"name":"a","rank":1},{"name":"b"}]}"#;
+        assert_eq!(parse(body, None).unwrap().event, Event::UserList(vec!["a".into(), "b".into()]));
+    }
+
+    #[test]
+    fn every_line_of_the_real_robot_capture_parses() {
+        let capture = include_str!("../tests/fixtures/kryten-robot-1.12.6-session.jsonl");
+        let mut chats = 0;
+        for line in capture.lines().filter(|l| !l.trim().is_empty()) {
+            let env = parse(line.as_bytes(), None).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(env.channel, "lounge");
+            assert!(env.timestamp.is_some());
+            assert!(!matches!(env.event, Event::Malformed { .. }), "{line}");
+            chats += usize::from(matches!(env.event, Event::Chat(_)));
+        }
+        assert!(chats > 10);
+    }
+}

@@ -1,0 +1,44 @@
+//! The sans-IO engine of llm-chatbot: it decides when the bot speaks, how often, and
+//! what it may say, for any number of CyTube channels at once.
+//!
+//! The engine is a synchronous state machine in the style of quinn-proto and str0m. It
+//! never reads a clock, sleeps, does I/O, spawns or touches a global RNG: time arrives as
+//! an argument ([`Millis`]), randomness comes from per-channel ChaCha8 generators seeded
+//! at construction, and everything it wants done comes out as an [`Effect`].
+//!
+//! # The drain rule
+//!
+//! Callers (the runtime and the simulator alike) must follow one loop:
+//!
+//! 1. call [`Engine::handle`]`(now, input)` for each input (NATS event, LLM answer,
+//!    reload, shutdown, connection change), or with [`Input::Tick`] when the timeout
+//!    from step 3 has passed;
+//! 2. drain [`Engine::poll_effect`] until it returns `None`, executing each effect;
+//! 3. sleep until [`Engine::poll_timeout`] (or the next input), then go to 1.
+//!
+//! Same config, seed and inputs (with the same `now`s) give the same effects, byte for
+//! byte.
+#![warn(missing_docs)]
+
+mod channel;
+pub mod config;
+pub mod context;
+pub mod contract;
+mod engine;
+pub mod event;
+pub mod html;
+pub mod limit;
+pub mod response;
+pub mod time;
+pub mod timer;
+pub mod trigger;
+
+pub use channel::{ChannelStats, ChannelStatus};
+pub use config::{Config, ConfigError};
+pub use contract::{
+    Command, CommandKind, Decision, Effect, Input, LlmCall, LlmError, LlmReply, Outcome, PromptMessage, Purpose,
+    Reason, RequestId, Role, Usage,
+};
+pub use engine::Engine;
+pub use time::Millis;
+pub use trigger::Trigger;
