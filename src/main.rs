@@ -8,7 +8,11 @@ use chatbot_core::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "llm-chatbot", version, about = "An OpenAI-compatible LLM taking part in CyTube chat through Kryten-Robot and NATS")]
+#[command(
+    name = "llm-chatbot",
+    version,
+    about = "An OpenAI-compatible LLM taking part in CyTube chat through Kryten-Robot and NATS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,9 +55,21 @@ fn summary(path: &Path, cfg: &Config) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}: OK", path.display());
     let _ = writeln!(s, "  bot: {} (aliases: {})", cfg.bot.name, list(&cfg.bot.aliases));
-    let _ = writeln!(s, "  nats: {} ({:?} subjects, {:?} commands)", cfg.nats.servers.join(", "), cfg.nats.subjects, cfg.nats.commands);
+    let _ = writeln!(
+        s,
+        "  nats: {} ({:?} subjects, {:?} commands)",
+        cfg.nats.servers.join(", "),
+        cfg.nats.subjects,
+        cfg.nats.commands
+    );
     for (name, p) in &cfg.llm.providers {
-        let _ = writeln!(s, "  provider {name}: {} at {} (key from {})", p.model, p.base_url, p.api_key_env.as_deref().unwrap_or("nowhere: no key"));
+        let _ = writeln!(
+            s,
+            "  provider {name}: {} at {} (key from {})",
+            p.model,
+            p.base_url,
+            p.api_key_env.as_deref().unwrap_or("nowhere: no key")
+        );
     }
     let _ = writeln!(s, "  channels: {}", cfg.channels.len());
     for ch in &cfg.channels {
@@ -90,5 +106,9 @@ fn summary(path: &Path, cfg: &Config) -> String {
 }
 
 fn list(items: &[String]) -> String {
-    if items.is_empty() { "none".into() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }

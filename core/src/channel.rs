@@ -273,7 +273,14 @@ impl Channel {
             fresh &= self.seen.insert(key);
         }
         if !fresh {
-            self.decide(env, correlation_id, msg.map(|m| m.user.as_str()), None, Outcome::Ignored, Some(Reason::DuplicateEvent));
+            self.decide(
+                env,
+                correlation_id,
+                msg.map(|m| m.user.as_str()),
+                None,
+                Outcome::Ignored,
+                Some(Reason::DuplicateEvent),
+            );
         }
         fresh
     }
@@ -333,7 +340,14 @@ impl Channel {
         }
         // The first trigger that fires wins; a channel-wide limit silences them all.
         for (trigger, probability, cooldown) in candidates {
-            let ask = Ask { trigger, user: Some(&msg.user), correlation_id: cid, probability, cooldown, prompt: Prompt::Chat };
+            let ask = Ask {
+                trigger,
+                user: Some(&msg.user),
+                correlation_id: cid,
+                probability,
+                cooldown,
+                prompt: Prompt::Chat,
+            };
             match self.consider(env, ask) {
                 Ok(()) => break,
                 Err(reason) if !reason_is_per_trigger(reason) => break,
@@ -347,13 +361,34 @@ impl Channel {
         if Self::is_bot(env, &msg.user) {
             let thread = self.pm_thread(env.now, &to.to_lowercase());
             thread.push(Self::line(env.now, &msg, true));
-            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::OwnMessage));
+            return self.decide(
+                env,
+                cid,
+                Some(&msg.user),
+                Some(Trigger::Pm),
+                Outcome::Ignored,
+                Some(Reason::OwnMessage),
+            );
         }
         if !Self::is_bot(env, to) {
-            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::NotForBot));
+            return self.decide(
+                env,
+                cid,
+                Some(&msg.user),
+                Some(Trigger::Pm),
+                Outcome::Ignored,
+                Some(Reason::NotForBot),
+            );
         }
         if self.is_ignored_user(&msg.user) {
-            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::IgnoredUser));
+            return self.decide(
+                env,
+                cid,
+                Some(&msg.user),
+                Some(Trigger::Pm),
+                Outcome::Ignored,
+                Some(Reason::IgnoredUser),
+            );
         }
         if msg.time.is_some_and(|t| t < env.start) {
             return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::Backlog));
@@ -421,7 +456,14 @@ impl Channel {
         }
         let c = &self.cfg.triggers.contextual;
         if self.new_lines < c.min_new_messages.max(1) {
-            return self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Suppressed, Some(Reason::NotEnoughNewMessages));
+            return self.decide(
+                env,
+                None,
+                None,
+                Some(Trigger::Contextual),
+                Outcome::Suppressed,
+                Some(Reason::NotEnoughNewMessages),
+            );
         }
         self.new_lines = 0;
         let ask = Ask {
@@ -573,7 +615,9 @@ impl Channel {
         let id = self.next_id();
         let provider = self.cfg.providers[pending.provider_index.min(self.cfg.providers.len() - 1)].clone();
         let budget = env.llm.providers.get(&provider).map_or(Duration::from_secs(30), |p| {
-            p.timeout.saturating_mul(p.retries.saturating_add(1)).saturating_add(Duration::from_secs(u64::from(p.retries)))
+            p.timeout
+                .saturating_mul(p.retries.saturating_add(1))
+                .saturating_add(Duration::from_secs(u64::from(p.retries)))
         });
         env.timers.arm(TimerKey::LlmDeadline(id), env.now.after(budget + DEADLINE_SLACK));
         env.out.push_back(Effect::CallLlm(LlmCall {
@@ -630,11 +674,8 @@ impl Channel {
     fn pm_thread(&mut self, now: Millis, user_lc: &str) -> &mut Context {
         if !self.pm_threads.contains_key(user_lc) && self.pm_threads.len() >= MAX_PM_THREADS {
             // Forget the conversation that has been quiet longest.
-            if let Some(oldest) = self
-                .pm_threads
-                .iter()
-                .min_by_key(|(_, t)| t.last_at().unwrap_or(Millis::ZERO))
-                .map(|(k, _)| k.clone())
+            if let Some(oldest) =
+                self.pm_threads.iter().min_by_key(|(_, t)| t.last_at().unwrap_or(Millis::ZERO)).map(|(k, _)| k.clone())
             {
                 self.pm_threads.remove(&oldest);
             }
@@ -682,7 +723,14 @@ impl Channel {
                         self.call(env, pending);
                     });
                 } else {
-                    self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Suppressed, Some(Reason::DeclinedToJoin));
+                    self.decide(
+                        env,
+                        None,
+                        None,
+                        Some(Trigger::Contextual),
+                        Outcome::Suppressed,
+                        Some(Reason::DeclinedToJoin),
+                    );
                 }
             }
             (Purpose::ParticipationCheck, Err(e)) => {
@@ -696,7 +744,14 @@ impl Channel {
                         Rejection::Blocked => Reason::BlockedReply,
                         Rejection::Duplicate => Reason::DuplicateReply,
                     };
-                    self.decide(env, cid.as_deref(), user.as_deref(), Some(pending.trigger), Outcome::Dropped, Some(reason));
+                    self.decide(
+                        env,
+                        cid.as_deref(),
+                        user.as_deref(),
+                        Some(pending.trigger),
+                        Outcome::Dropped,
+                        Some(reason),
+                    );
                     self.settle(user.as_deref(), None);
                 }
             },
@@ -706,7 +761,14 @@ impl Channel {
                     next.provider_index += 1;
                     return self.call(env, next);
                 }
-                self.decide(env, cid.as_deref(), user.as_deref(), Some(pending.trigger), Outcome::Dropped, Some(Reason::LlmFailed(e)));
+                self.decide(
+                    env,
+                    cid.as_deref(),
+                    user.as_deref(),
+                    Some(pending.trigger),
+                    Outcome::Dropped,
+                    Some(Reason::LlmFailed(e)),
+                );
                 self.fall_back(env, &pending);
             }
         }
@@ -734,7 +796,11 @@ impl Channel {
                 Audience::Pm(to) => CommandKind::Pm { to: to.clone(), text },
             };
             self.outbox.push_back(Outgoing {
-                command: Command { channel: self.cfg.name.clone(), kind, correlation_id: pending.correlation_id.clone() },
+                command: Command {
+                    channel: self.cfg.name.clone(),
+                    kind,
+                    correlation_id: pending.correlation_id.clone(),
+                },
                 trigger: pending.trigger,
                 user: pending.user.clone(),
                 first: i == 0,
@@ -744,7 +810,14 @@ impl Channel {
         while self.outbox.len() > env.outbound_queue.max(1) {
             if let Some(dropped) = self.outbox.pop_front() {
                 let cid = dropped.command.correlation_id.as_deref();
-                self.decide(env, cid, dropped.user.as_deref(), Some(dropped.trigger), Outcome::Dropped, Some(Reason::QueueFull));
+                self.decide(
+                    env,
+                    cid,
+                    dropped.user.as_deref(),
+                    Some(dropped.trigger),
+                    Outcome::Dropped,
+                    Some(Reason::QueueFull),
+                );
                 if dropped.first {
                     self.settle(dropped.user.as_deref(), None);
                 }
@@ -793,7 +866,14 @@ impl Channel {
         for (id, p) in std::mem::take(&mut self.requests) {
             env.timers.disarm(TimerKey::LlmDeadline(id));
             env.out.push_back(Effect::CancelLlm(id));
-            self.decide(env, p.correlation_id.as_deref(), p.user.as_deref(), Some(p.trigger), Outcome::Dropped, Some(Reason::ChannelRemoved));
+            self.decide(
+                env,
+                p.correlation_id.as_deref(),
+                p.user.as_deref(),
+                Some(p.trigger),
+                Outcome::Dropped,
+                Some(Reason::ChannelRemoved),
+            );
         }
         for o in std::mem::take(&mut self.outbox) {
             let cid = o.command.correlation_id.as_deref();

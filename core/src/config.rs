@@ -230,35 +230,73 @@ layered!(
         ignore_users: Vec<String>,
     }
 );
-layered!(struct RawContext { max_messages: NonZeroUsize, max_age: PositiveDur });
-layered!(struct RawTriggers {
-    mention: RawMention,
-    keywords: Vec<RawKeyword>,
-    contextual: RawContextual,
-    pm: RawPm,
-    media_change: RawMediaChange,
-});
-layered!(struct RawMention { enabled: bool, probability: Probability, cooldown: Dur });
-layered!(struct RawContextual { enabled: bool, every: PositiveDur, min_new_messages: usize, probability: Probability });
-layered!(struct RawPm { enabled: bool });
-layered!(struct RawMediaChange { enabled: bool, probability: Probability });
-layered!(struct RawLimits {
-    per_user: RawWindow,
-    per_channel: RawWindow,
-    global_cooldown: Dur,
-    media_change_cooldown: Dur,
-    max_in_flight: NonZeroU32,
-    send_spacing: Dur,
-});
-layered!(struct RawWindow { max: NonZeroU32, window: PositiveDur });
-layered!(struct RawResponse {
-    max_length: MaxLength,
-    max_parts: NonZeroUsize,
-    strip_markdown: bool,
-    block_patterns: Vec<Pattern>,
-    block_keywords: Vec<String>,
-    dedupe_window: usize,
-});
+layered!(
+    struct RawContext {
+        max_messages: NonZeroUsize,
+        max_age: PositiveDur,
+    }
+);
+layered!(
+    struct RawTriggers {
+        mention: RawMention,
+        keywords: Vec<RawKeyword>,
+        contextual: RawContextual,
+        pm: RawPm,
+        media_change: RawMediaChange,
+    }
+);
+layered!(
+    struct RawMention {
+        enabled: bool,
+        probability: Probability,
+        cooldown: Dur,
+    }
+);
+layered!(
+    struct RawContextual {
+        enabled: bool,
+        every: PositiveDur,
+        min_new_messages: usize,
+        probability: Probability,
+    }
+);
+layered!(
+    struct RawPm {
+        enabled: bool,
+    }
+);
+layered!(
+    struct RawMediaChange {
+        enabled: bool,
+        probability: Probability,
+    }
+);
+layered!(
+    struct RawLimits {
+        per_user: RawWindow,
+        per_channel: RawWindow,
+        global_cooldown: Dur,
+        media_change_cooldown: Dur,
+        max_in_flight: NonZeroU32,
+        send_spacing: Dur,
+    }
+);
+layered!(
+    struct RawWindow {
+        max: NonZeroU32,
+        window: PositiveDur,
+    }
+);
+layered!(
+    struct RawResponse {
+        max_length: MaxLength,
+        max_parts: NonZeroUsize,
+        strip_markdown: bool,
+        block_patterns: Vec<Pattern>,
+        block_keywords: Vec<String>,
+        dedupe_window: usize,
+    }
+);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -765,7 +803,13 @@ impl Config {
             if !seen.insert(name.to_lowercase()) {
                 // Lines before this one that also show `name: …<name>…`.
                 let nth = names.iter().filter(|n| n.contains(name.as_str())).count();
-                return Err(at.key(&format!("{path}.name"), "name", &name, nth, &format!("channel `{name}` is listed twice")));
+                return Err(at.key(
+                    &format!("{path}.name"),
+                    "name",
+                    &name,
+                    nth,
+                    &format!("channel `{name}` is listed twice"),
+                ));
             }
             names.push(name.clone());
             let merged = ch.over(defaults.clone());
@@ -852,7 +896,13 @@ fn resolve_channel(
             } else {
                 format!("defined: {}", known.join(", "))
             };
-            return Err(at.key(&format!("{path}.provider"), "provider", p, 0, &format!("unknown provider `{p}` ({hint})")));
+            return Err(at.key(
+                &format!("{path}.provider"),
+                "provider",
+                p,
+                0,
+                &format!("unknown provider `{p}` ({hint})"),
+            ));
         }
     }
     let ctx = need(raw.context, &format!("{path}.context"), o)?;
@@ -876,7 +926,10 @@ fn resolve_channel(
     let lim = need(raw.limits, &format!("{path}.limits"), o)?;
     let window = |w: Option<RawWindow>, p: &str| -> Result<WindowConfig, ConfigError> {
         let w = need(w, p, o)?;
-        Ok(WindowConfig { max: need(w.max, &format!("{p}.max"), o)?.get(), window: need(w.window, &format!("{p}.window"), o)?.0 })
+        Ok(WindowConfig {
+            max: need(w.max, &format!("{p}.max"), o)?.get(),
+            window: need(w.window, &format!("{p}.window"), o)?.0,
+        })
     };
     let resp = need(raw.response, &format!("{path}.response"), o)?;
     Ok(ChannelConfig {
@@ -998,9 +1051,8 @@ impl Locator<'_> {
             return ConfigError::Unlocated { file: self.origin.into(), path, message };
         };
         let leaf = path.rsplit('.').next().filter(|k| !k.ends_with(']') && !k.is_empty());
-        let (line, column) = leaf
-            .and_then(|k| self.find_key_after(k, loc.line(), loc.column()))
-            .unwrap_or((loc.line(), loc.column()));
+        let (line, column) =
+            leaf.and_then(|k| self.find_key_after(k, loc.line(), loc.column())).unwrap_or((loc.line(), loc.column()));
         ConfigError::Invalid { file: self.origin.into(), line, column, path, message }
     }
 

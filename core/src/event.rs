@@ -151,9 +151,7 @@ struct RawUser<'a> {
 /// Splits an event subject of either scheme into (channel token, event token):
 /// `kryten.events.cytube.{ch}.{event}` or legacy `cytube.events.{ch}.{event}`.
 pub fn split_subject(subject: &str) -> Option<(&str, &str)> {
-    let rest = subject
-        .strip_prefix("kryten.events.cytube.")
-        .or_else(|| subject.strip_prefix("cytube.events."))?;
+    let rest = subject.strip_prefix("kryten.events.cytube.").or_else(|| subject.strip_prefix("cytube.events."))?;
     let (channel, event) = rest.split_once('.')?;
     (!channel.is_empty() && !event.is_empty() && !event.contains('.')).then_some((channel, event))
 }
@@ -173,13 +171,11 @@ pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeErr
     } else if name.eq_ignore_ascii_case("pm") {
         message(payload).map(|(message, to)| Event::Pm { message, to: to.unwrap_or_default() })
     } else if name.eq_ignore_ascii_case("changeMedia") {
-        serde_json::from_str::<RawMedia>(payload)
-            .ok()
-            .map(|m| Event::MediaChange {
-                id: m.id.unwrap_or_default().into_owned(),
-                title: m.title.trim().to_owned(),
-                fresh: m.current_time.is_none_or(|t| t <= 0.0),
-            })
+        serde_json::from_str::<RawMedia>(payload).ok().map(|m| Event::MediaChange {
+            id: m.id.unwrap_or_default().into_owned(),
+            title: m.title.trim().to_owned(),
+            fresh: m.current_time.is_none_or(|t| t <= 0.0),
+        })
     } else if name.eq_ignore_ascii_case("addUser") {
         serde_json::from_str::<RawUser>(payload).ok().map(|u| Event::UserJoined(u.name.into_owned()))
     } else if name.eq_ignore_ascii_case("userLeave") {
@@ -256,7 +252,9 @@ mod tests {
 
     #[test]
     fn shadow_and_action_meta_are_read() {
-        let m = chat(r#"{"event_name":"chatMsg","channel":"c","payload":{"username":"u","msg":"x","meta":{"shadow":true,"addClass":"action","action":true},"time":1}}"#);
+        let m = chat(
+            r#"{"event_name":"chatMsg","channel":"c","payload":{"username":"u","msg":"x","meta":{"shadow":true,"addClass":"action","action":true},"time":1}}"#,
+        );
         assert!(m.shadow && m.action);
     }
 
@@ -273,7 +271,10 @@ mod tests {
             for name in ["chatMsg", "pm", "changeMedia", "addUser", "userLeave", "userlist", "usercount", "rank"] {
                 let body = format!(r#"{{"event_name":"{name}","channel":"c","payload":{payload}}}"#);
                 let env = parse(body.as_bytes(), None).unwrap_or_else(|e| panic!("{body}: {e}"));
-                assert!(matches!(env.event, Event::Malformed { .. } | Event::Other { .. } | Event::UserList(_)), "{body}");
+                assert!(
+                    matches!(env.event, Event::Malformed { .. } | Event::Other { .. } | Event::UserList(_)),
+                    "{body}"
+                );
             }
         }
     }

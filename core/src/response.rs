@@ -110,7 +110,9 @@ impl Rules {
             return Err(Rejection::Duplicate);
         }
         let parts = split(text, self.cfg.max_length, self.cfg.max_parts);
-        debug_assert!(parts.iter().all(|p| utf16_len(p) <= self.cfg.max_length && !p.starts_with('/') && !p.is_empty()));
+        debug_assert!(parts
+            .iter()
+            .all(|p| utf16_len(p) <= self.cfg.max_length && !p.starts_with('/') && !p.is_empty()));
         if parts.is_empty() {
             return Err(Rejection::Empty);
         }

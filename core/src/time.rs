@@ -82,7 +82,11 @@ impl Millis {
             Some(b'Z' | b'z') if i + 1 == b.len() => 0,
             Some(&sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
                 let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
-                if sign == b'+' { m } else { -m }
+                if sign == b'+' {
+                    m
+                } else {
+                    -m
+                }
             }
             _ => return None,
         };
@@ -119,10 +123,7 @@ mod tests {
 
     #[test]
     fn python_isoformat_with_offset_parses_to_epoch_millis() {
-        assert_eq!(
-            Millis::parse_rfc3339("2026-01-15T10:30:00.123456+00:00"),
-            Some(Millis(1_768_473_000_123))
-        );
+        assert_eq!(Millis::parse_rfc3339("2026-01-15T10:30:00.123456+00:00"), Some(Millis(1_768_473_000_123)));
     }
 
     #[test]

@@ -83,10 +83,7 @@ impl Matcher {
         let names = std::iter::once(bot.name.as_str()).chain(bot.aliases.iter().map(String::as_str));
         Matcher {
             mention: whole_words_regex(names, true),
-            keywords: keywords
-                .iter()
-                .map(|k| whole_words_regex(k.words.iter().map(String::as_str), false))
-                .collect(),
+            keywords: keywords.iter().map(|k| whole_words_regex(k.words.iter().map(String::as_str), false)).collect(),
         }
     }
 
@@ -114,7 +111,11 @@ mod tests {
         let bot = BotConfig { name: name.into(), aliases: aliases.iter().map(|s| s.to_string()).collect() };
         let kws: Vec<KeywordConfig> = keywords
             .iter()
-            .map(|ws| KeywordConfig { words: ws.iter().map(|s| s.to_string()).collect(), probability: 1.0, cooldown: Duration::ZERO })
+            .map(|ws| KeywordConfig {
+                words: ws.iter().map(|s| s.to_string()).collect(),
+                probability: 1.0,
+                cooldown: Duration::ZERO,
+            })
             .collect();
         Matcher::new(&bot, &kws)
     }
