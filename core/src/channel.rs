@@ -775,13 +775,15 @@ impl Channel {
         self.flush(env);
     }
 
-    /// Says the next fallback response in rotation, or settles the reply as silent.
+    /// Says the next fallback response in rotation (one that passes the response rules),
+    /// or settles the reply as silent.
     fn fall_back(&mut self, env: &mut Env, pending: &Pending) {
         let fallbacks = &env.llm.fallback_responses;
         for _ in 0..fallbacks.len() {
             let text = fallbacks[self.fallback_next % fallbacks.len()].clone();
             self.fallback_next = self.fallback_next.wrapping_add(1);
-            if let Ok(parts) = self.rules.process(&text, &self.recent) {
+            // Operator-written lines may repeat: they skip dedupe (but not the other rules).
+            if let Ok(parts) = self.rules.process(&text, &Recent::default()) {
                 return self.enqueue(env, pending, parts, Some(Reason::Fallback));
             }
         }
@@ -789,7 +791,9 @@ impl Channel {
     }
 
     fn enqueue(&mut self, env: &mut Env, pending: &Pending, parts: Vec<String>, reason: Option<Reason>) {
-        self.recent.remember(&parts.join(" "), self.cfg.response.dedupe_window);
+        if reason != Some(Reason::Fallback) {
+            self.recent.remember(&parts.join(" "), self.cfg.response.dedupe_window);
+        }
         for (i, text) in parts.into_iter().enumerate() {
             let kind = match &pending.audience {
                 Audience::Channel => CommandKind::Say { text },

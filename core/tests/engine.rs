@@ -1,0 +1,444 @@
+//! Behaviour of the engine as a user of the room would notice it.
+
+mod common;
+
+use chatbot_core::{CommandKind, Effect, Input, LlmError, Outcome, Purpose, Reason, Role, Trigger};
+use common::{chat_body, config, Bot, T0};
+
+const LOUNGE: &str = "channels: [ { name: lounge } ]\n";
+
+#[test]
+fn mention_produces_one_llm_call_and_the_reply_is_said() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.say("alice", "hey KrytenBot, how are you?");
+    let call = bot.last_call();
+    assert_eq!(call.channel, "lounge");
+    assert_eq!(call.provider, "main");
+    assert_eq!(call.purpose, Purpose::Reply);
+    bot.reply(&call, "Doing great, thanks!");
+    assert_eq!(bot.said(), ["Doing great, thanks!"]);
+    let cmd = &bot.published()[0];
+    assert_eq!(cmd.correlation_id.as_deref(), Some("ev-1"));
+}
+
+#[test]
+fn ordinary_chat_makes_no_call_and_no_decision() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.say("alice", "robotics is fun");
+    bot.say("bob", "nobody mentioned the bot's name here... wait");
+    assert_eq!(bot.calls().len(), 0, "'bot' alone is not an alias here");
+    assert!(bot.decisions().is_empty());
+}
+
+#[test]
+fn prompt_is_system_then_context_with_speakers_and_own_lines_as_assistant() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.say("alice", "morning &amp; hello");
+    bot.say("KrytenBot", "morning!");
+    bot.say("bob", "kryten, tea?");
+    let call = bot.last_call();
+    let roles: Vec<Role> = call.messages.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::User]);
+    assert_eq!(call.messages[1].content, "alice: morning & hello");
+    assert_eq!(call.messages[2].content, "morning!");
+    assert_eq!(call.messages[3].content, "bob: kryten, tea?");
+}
+
+#[test]
+fn own_messages_shadow_server_and_ignored_users_are_never_answered() {
+    let mut bot = Bot::new("channels: [ { name: lounge, ignore_users: [OtherBot] } ]\n");
+    bot.say("KrytenBot", "I am KrytenBot");
+    bot.say("krytenbot", "kryten says hi");
+    bot.say("otherbot", "hey kryten");
+    bot.say("[server]", "KrytenBot joined");
+    bot.body(
+        serde_json::json!({"event_name":"chatMsg","channel":"lounge","correlation_id":"s1",
+            "payload":{"username":"eve","msg":"kryten buy followers","meta":{"shadow":true},"time":T0}})
+        .to_string()
+        .into_bytes(),
+    );
+    assert!(bot.calls().is_empty());
+    assert_eq!(
+        bot.reasons(Outcome::Ignored),
+        [Reason::OwnMessage, Reason::OwnMessage, Reason::IgnoredUser, Reason::ServerMessage, Reason::ShadowMuted]
+    );
+}
+
+#[test]
+fn join_backlog_is_remembered_but_never_answered() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.body(chat_body("lounge", "alice", "kryten are you there?", T0 - 60_000, "old"));
+    assert!(bot.calls().is_empty());
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::Backlog]);
+    bot.say("bob", "kryten?");
+    let call = bot.last_call();
+    assert!(call.messages.iter().any(|m| m.content == "alice: kryten are you there?"));
+}
+
+#[test]
+fn repeated_events_are_ignored_by_id_and_by_content() {
+    let mut bot = Bot::new(LOUNGE);
+    let body = chat_body("lounge", "alice", "kryten hi", T0, "same");
+    bot.body(body.clone());
+    bot.body(body);
+    bot.body(chat_body("lounge", "alice", "kryten hi", T0, "other-id"));
+    assert_eq!(bot.calls().len(), 1);
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::DuplicateEvent, Reason::DuplicateEvent]);
+}
+
+#[test]
+fn pm_is_answered_by_pm_and_own_pm_echo_is_ignored() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.pm("alice", "KrytenBot", "psst, what's on?");
+    let call = bot.last_call();
+    assert_eq!(call.messages.last().unwrap().content, "alice: psst, what's on?");
+    bot.reply(&call, "a zoo video");
+    assert_eq!(bot.published()[0].kind, CommandKind::Pm { to: "alice".into(), text: "a zoo video".into() });
+    bot.pm("KrytenBot", "alice", "a zoo video");
+    bot.pm("bob", "carol", "not for the bot");
+    assert_eq!(bot.calls().len(), 1);
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::OwnMessage, Reason::NotForBot]);
+}
+
+#[test]
+fn doubled_media_change_fires_once_and_resync_is_not_commented() {
+    let mut bot =
+        Bot::new("channels: [ { name: lounge, triggers: { media_change: { enabled: true, probability: 1.0 } } } ]\n");
+    bot.media("a", "Rick Astley - Never Gonna Give You Up", 39.4);
+    bot.media("b", "Me at the zoo", -3.0);
+    bot.media("b", "Me at the zoo", -3.0);
+    assert_eq!(bot.calls().len(), 1);
+    assert!(bot.last_call().messages.last().unwrap().content.contains("Me at the zoo"));
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::MediaResync, Reason::DuplicateMedia]);
+}
+
+#[test]
+fn media_change_cooldown_silences_a_quick_second_comment() {
+    let mut bot =
+        Bot::new("channels: [ { name: lounge, triggers: { media_change: { enabled: true, probability: 1.0 } } } ]\n");
+    bot.media("a", "one", -3.0);
+    bot.answer("nice one");
+    bot.wait(10_000);
+    bot.media("b", "two", -3.0);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::MediaChangeCooldown]);
+    bot.wait(30_000);
+    bot.media("c", "three", -3.0);
+    assert_eq!(bot.calls().len(), 2);
+}
+
+#[test]
+fn per_user_limit_silences_the_fourth_mention_in_a_minute() {
+    let mut bot = Bot::new(LOUNGE);
+    for i in 0..4 {
+        bot.say("alice", &format!("kryten question {i}"));
+        bot.answer(&format!("answer {i}"));
+        bot.wait(1_000);
+    }
+    assert_eq!(bot.said().len(), 3);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerUserLimit]);
+    bot.say("bob", "kryten, my turn");
+    assert_eq!(bot.calls().len(), 4, "another user is not limited by alice's window");
+    bot.wait(60_000);
+    bot.say("alice", "kryten again");
+    assert_eq!(bot.calls().len(), 5, "the window slid");
+}
+
+#[test]
+fn per_user_limit_counts_replies_still_in_flight() {
+    let mut bot = Bot::new(LOUNGE);
+    for i in 0..5 {
+        bot.say("alice", &format!("kryten {i}"));
+    }
+    assert_eq!(bot.calls().len(), 3);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerUserLimit, Reason::PerUserLimit]);
+}
+
+#[test]
+fn per_channel_limit_applies_across_users() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { per_channel: { max: 2, window: 1m } } } ]\n");
+    for user in ["a", "b", "c"] {
+        bot.say(user, "kryten hi");
+        bot.answer(&format!("hi {user}"));
+    }
+    assert_eq!(bot.said().len(), 2);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerChannelLimit]);
+}
+
+#[test]
+fn global_cooldown_keeps_the_bot_quiet_after_a_reply() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { global_cooldown: 5s } } ]\n");
+    bot.say("a", "kryten one");
+    bot.answer("first");
+    bot.wait(4_000);
+    bot.say("b", "kryten two");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::GlobalCooldown]);
+    bot.wait(1_000);
+    bot.say("c", "kryten three");
+    assert_eq!(bot.calls().len(), 2);
+}
+
+#[test]
+fn send_spacing_queues_an_early_reply_instead_of_dropping_it() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { send_spacing: 1s } } ]\n");
+    bot.say("a", "kryten one");
+    bot.say("b", "kryten two");
+    let calls = bot.calls();
+    bot.reply(&calls[0], "first");
+    bot.reply(&calls[1], "second");
+    assert_eq!(bot.said(), ["first"]);
+    assert_eq!(bot.engine.poll_timeout(), Some(chatbot_core::Millis(T0 + 1_000)));
+    bot.wait(999);
+    assert_eq!(bot.said(), ["first"]);
+    bot.wait(1);
+    assert_eq!(bot.said(), ["first", "second"]);
+}
+
+#[test]
+fn max_in_flight_bounds_concurrent_requests() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { max_in_flight: 2 } } ]\n");
+    for u in ["a", "b", "c"] {
+        bot.say(u, "kryten?");
+    }
+    assert_eq!(bot.calls().len(), 2);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::MaxInFlight]);
+}
+
+#[test]
+fn keyword_fires_with_its_own_cooldown() {
+    let mut bot = Bot::new(
+        "channels: [ { name: lounge, triggers: { keywords: [ { words: [pizza, star wars], cooldown: 2m } ] } } ]\n",
+    );
+    bot.say("a", "who wants PIZZA");
+    bot.answer("me!");
+    bot.say("b", "star wars marathon tonight");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::TriggerCooldown]);
+    assert_eq!(bot.decisions()[0].trigger, Some(Trigger::Keyword(0)));
+    bot.wait(120_000);
+    bot.say("b", "star wars marathon tonight again");
+    assert_eq!(bot.calls().len(), 2);
+}
+
+#[test]
+fn a_mention_still_fires_when_a_keyword_is_cooling_down() {
+    let mut bot =
+        Bot::new("channels: [ { name: lounge, triggers: { keywords: [ { words: [pizza], cooldown: 2m } ] } } ]\n");
+    bot.say("a", "pizza");
+    bot.say("b", "pizza, kryten?");
+    assert_eq!(bot.calls().len(), 2);
+    assert_eq!(
+        bot.decisions().iter().filter(|d| d.outcome == Outcome::Fired).last().unwrap().trigger,
+        Some(Trigger::Mention)
+    );
+}
+
+#[test]
+fn probability_zero_never_fires_and_one_always_fires() {
+    let mut bot = Bot::new("channels: [ { name: lounge, triggers: { mention: { probability: 0.0 } } } ]\n");
+    bot.say("a", "kryten?");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::Probability]);
+}
+
+#[test]
+fn probability_is_reproducible_from_the_seed() {
+    let run = |seed| {
+        let mut bot = Bot::with_seed(
+            "channels: [ { name: lounge, triggers: { mention: { probability: 0.5 } }, limits: { per_user: { max: 1000 }, per_channel: { max: 1000 }, max_in_flight: 1000 } } ]\n",
+            seed,
+        );
+        for i in 0..64 {
+            bot.say(&format!("u{i}"), "kryten?");
+            bot.wait(10);
+        }
+        bot.decisions().iter().map(|d| d.outcome == Outcome::Fired).collect::<Vec<_>>()
+    };
+    let a = run(1);
+    assert_eq!(a, run(1));
+    assert_ne!(a, run(2));
+    let fired = a.iter().filter(|f| **f).count();
+    assert!((16..=48).contains(&fired), "about half of 64 should fire, got {fired}");
+}
+
+#[test]
+fn contextual_asks_the_llm_and_replies_only_on_yes() {
+    let mut bot = Bot::new(
+        "channels: [ { name: lounge, triggers: { contextual: { enabled: true, every: 10m, min_new_messages: 2 } } } ]\n",
+    );
+    bot.say("a", "anyone seen the new season?");
+    bot.say("b", "yes, loved it");
+    bot.wait(600_000);
+    let check = bot.last_call();
+    assert_eq!(check.purpose, Purpose::ParticipationCheck);
+    bot.reply(&check, "Yes.");
+    let reply = bot.last_call();
+    assert_eq!(reply.purpose, Purpose::Reply);
+    bot.reply(&reply, "The finale was wild.");
+    assert_eq!(bot.said(), ["The finale was wild."]);
+
+    bot.say("a", "true");
+    bot.say("b", "so true");
+    bot.wait(600_000);
+    let check = bot.last_call();
+    bot.reply(&check, "no");
+    assert_eq!(bot.said().len(), 1);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::DeclinedToJoin]);
+
+    bot.wait(600_000);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::DeclinedToJoin, Reason::NotEnoughNewMessages]);
+}
+
+#[test]
+fn llm_failure_says_rotating_fallbacks_or_stays_silent() {
+    let mut bot = Bot::from_yaml(
+        r#"
+bot: { name: KrytenBot }
+llm:
+  providers: { main: { base_url: "http://127.0.0.1:9/v1", model: m } }
+  fallback_responses: ["brb", "/kick me"]
+defaults: { limits: { global_cooldown: 0s, send_spacing: 0s } }
+channels: [ { name: lounge } ]
+"#,
+    );
+    for (i, err) in [LlmError::Status(500), LlmError::Timeout, LlmError::Malformed].into_iter().enumerate() {
+        bot.say("a", &format!("KrytenBot {i}"));
+        let call = bot.last_call();
+        bot.fail(&call, err);
+        bot.wait(60_000);
+    }
+    assert_eq!(bot.said(), ["brb", "kick me", "brb"], "rotating, and never a leading slash");
+    assert_eq!(bot.reasons(Outcome::Sent), [Reason::Fallback, Reason::Fallback, Reason::Fallback]);
+
+    let mut silent = Bot::new(LOUNGE);
+    silent.say("a", "kryten?");
+    let call = silent.last_call();
+    silent.fail(&call, LlmError::EmptyChoices);
+    assert!(silent.said().is_empty());
+    assert_eq!(silent.reasons(Outcome::Dropped), [Reason::LlmFailed(LlmError::EmptyChoices)]);
+}
+
+#[test]
+fn a_transient_failure_moves_to_the_next_provider_in_the_chain() {
+    let mut bot = Bot::new("channels: [ { name: lounge, provider: [main, backup] } ]\n");
+    bot.say("a", "kryten?");
+    let first = bot.last_call();
+    bot.fail(&first, LlmError::Status(429));
+    let second = bot.last_call();
+    assert_eq!(second.provider, "backup");
+    assert_ne!(first.id, second.id);
+    bot.reply(&second, "from backup");
+    assert_eq!(bot.said(), ["from backup"]);
+}
+
+#[test]
+fn a_lost_llm_answer_never_stalls_the_channel() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { max_in_flight: 1 } } ]\n");
+    bot.say("a", "kryten?");
+    let lost = bot.last_call();
+    bot.say("b", "kryten??");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::MaxInFlight]);
+    // default provider: 30 s x 3 attempts + 2 s backoff + 10 s slack
+    bot.wait(102_000);
+    assert!(bot.effects.contains(&Effect::CancelLlm(lost.id)));
+    assert_eq!(bot.reasons(Outcome::Dropped), [Reason::LlmFailed(LlmError::Timeout)]);
+    bot.say("c", "kryten???");
+    assert_eq!(bot.calls().len(), 2);
+    // The late answer to the abandoned request is ignored.
+    bot.reply(&lost, "too late");
+    assert!(bot.said().is_empty());
+}
+
+#[test]
+fn dropped_replies_have_reasons_and_free_their_slot() {
+    let mut bot = Bot::new(
+        "channels: [ { name: lounge, response: { block_keywords: [darn] }, limits: { per_user: { max: 1 } } } ]\n",
+    );
+    bot.say("a", "kryten?");
+    bot.answer("well darn");
+    bot.say("a", "kryten??");
+    bot.answer("KrytenBot:");
+    bot.say("a", "kryten???");
+    bot.answer("fine");
+    bot.say("b", "kryten?");
+    bot.answer("fine");
+    assert_eq!(bot.said(), ["fine"]);
+    assert_eq!(bot.reasons(Outcome::Dropped), [Reason::BlockedReply, Reason::EmptyReply, Reason::DuplicateReply]);
+}
+
+#[test]
+fn reload_keeps_unchanged_channels_and_drops_removed_ones() {
+    let mut bot = Bot::new("channels: [ { name: lounge }, { name: movies } ]\n");
+    bot.say("a", "remember this line");
+    bot.say_in("movies", "b", "kryten, a film?");
+    let pending = bot.last_call();
+    bot.input(Input::Reload(Box::new(config("channels: [ { name: Lounge, system_prompt: new }, { name: games } ]\n"))));
+    assert!(bot.effects.contains(&Effect::CancelLlm(pending.id)));
+    assert_eq!(bot.reasons(Outcome::Dropped), [Reason::ChannelRemoved]);
+    bot.say("c", "kryten?");
+    let call = bot.last_call();
+    assert_eq!(call.messages[0].content, "new");
+    assert_eq!(call.messages[1].content, "a: remember this line");
+    bot.say_in("games", "d", "kryten?");
+    assert_eq!(bot.last_call().messages.len(), 2, "a new channel starts empty");
+    bot.say_in("movies", "b", "kryten?");
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::UnknownChannel]);
+}
+
+#[test]
+fn shutdown_stops_new_triggers_and_reports_when_idle() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.say("a", "kryten?");
+    bot.input(Input::Shutdown);
+    assert!(!bot.effects.contains(&Effect::ShutdownComplete));
+    bot.say("b", "kryten??");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::ShuttingDown]);
+    bot.answer("bye");
+    assert_eq!(bot.said(), ["bye"]);
+    assert_eq!(bot.effects.last(), Some(&Effect::ShutdownComplete));
+
+    let mut idle = Bot::new(LOUNGE);
+    idle.input(Input::Shutdown);
+    assert_eq!(idle.effects, [Effect::ShutdownComplete]);
+}
+
+#[test]
+fn replies_made_while_disconnected_leave_after_reconnect_with_spacing() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { send_spacing: 1s } } ]\n");
+    bot.input(Input::Connection { up: false });
+    bot.say("a", "kryten one");
+    bot.say("b", "kryten two");
+    let calls = bot.calls();
+    bot.reply(&calls[0], "one");
+    bot.reply(&calls[1], "two");
+    assert!(bot.said().is_empty());
+    bot.wait(5_000);
+    bot.input(Input::Connection { up: true });
+    assert_eq!(bot.said(), ["one"]);
+    bot.wait(1_000);
+    assert_eq!(bot.said(), ["one", "two"]);
+}
+
+#[test]
+fn garbage_bodies_are_counted_and_skipped() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.body(b"not json".to_vec());
+    bot.body(br#"{"event_name":"chatMsg","channel":"lounge","payload":42}"#.to_vec());
+    bot.body(br#"{"event_name":"usercount","channel":"lounge","payload":3}"#.to_vec());
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::MalformedEvent, Reason::MalformedEvent]);
+    assert_eq!(bot.engine.unrouted(), 1);
+    let stats = bot.engine.stats();
+    assert_eq!(stats["lounge"].events.get("usercount"), Some(&1));
+    bot.say("a", "kryten still works");
+    assert_eq!(bot.calls().len(), 1);
+}
+
+#[test]
+fn long_replies_are_split_into_parts_sent_with_spacing() {
+    let mut bot = Bot::new(
+        "channels: [ { name: lounge, response: { max_length: 40, max_parts: 2 }, limits: { send_spacing: 1s } } ]\n",
+    );
+    bot.say("a", "kryten, tell me a story");
+    bot.answer("Once upon a time there was a bot. It answered every question politely and well.");
+    assert_eq!(bot.said(), ["Once upon a time there was a bot."]);
+    bot.wait(1_000);
+    assert_eq!(bot.said().len(), 2);
+    assert!(bot.said().iter().all(|s| s.encode_utf16().count() <= 40));
+}
