@@ -358,6 +358,9 @@ impl Channel {
 
     pub fn on_pm(&mut self, env: &mut Env, msg: Message, to: &str, correlation_id: Option<&str>) {
         let cid = correlation_id;
+        if msg.user == "[server]" {
+            return self.decide(env, cid, None, Some(Trigger::Pm), Outcome::Ignored, Some(Reason::ServerMessage));
+        }
         if Self::is_bot(env, &msg.user) {
             let thread = self.pm_thread(env.now, &to.to_lowercase());
             thread.push(Self::line(env.now, &msg, true));

@@ -153,7 +153,7 @@ pub enum Purpose {
 }
 
 /// One chat message of a prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PromptMessage {
     /// `system`, `user` or `assistant`.
     pub role: Role,
@@ -162,7 +162,7 @@ pub struct PromptMessage {
 }
 
 /// OpenAI chat roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Instructions.
     System,
