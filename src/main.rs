@@ -1,11 +1,16 @@
 //! `llm-chatbot`: the command line. Each subcommand is a thin wrapper; the work lives in
 //! the `chatbot-*` crates.
 
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use chatbot_core::Config;
-use clap::{Parser, Subcommand};
+use chatbot_replay::{Compare, Options, Report};
+use chatbot_sim::{FaultPlan, Faults, Offline, Responder, Script};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -26,11 +31,54 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Replay a recorded corpus through the engine and report what the bot would do.
+    Replay {
+        /// Corpus: one Kryten event envelope per line (JSONL), as `record` writes.
+        corpus: PathBuf,
+        /// Configuration to replay under (default: built-in defaults, channels from the corpus).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Seed of the engine's random choices (probabilities) and of injected faults.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// LLM stand-in: `offline` (deterministic, built in) or `script:FILE` (canned replies and faults).
+        #[arg(long, default_value = "offline", value_name = "LLM")]
+        llm: String,
+        /// Inject LLM faults, e.g. `timeout=0.05,error=0.02,empty=0.01,jitter=2s`.
+        #[arg(long, value_name = "SPEC")]
+        faults: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Write the report here instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replay again under this second config and show both side by side.
+        #[arg(long, value_name = "FILE")]
+        compare: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+    Html,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Replay { corpus, config, seed, llm, faults, format, output, compare } => {
+            let args = ReplayArgs { corpus, config, seed, llm, faults, format, output, compare };
+            match replay(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match load_config(&config) {
             Ok(cfg) => {
                 print!("{}", summary(&config, &cfg));
@@ -41,6 +89,97 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+struct ReplayArgs {
+    corpus: PathBuf,
+    config: Option<PathBuf>,
+    seed: u64,
+    llm: String,
+    faults: Option<String>,
+    format: Format,
+    output: Option<PathBuf>,
+    compare: Option<PathBuf>,
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, String> {
+    File::open(path).map(BufReader::new).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+fn responder(spec: &str, config: &Config) -> Result<Box<dyn Responder>, String> {
+    let offline = Offline::new(&config.bot);
+    if spec == "offline" {
+        return Ok(Box::new(offline));
+    }
+    if let Some(file) = spec.strip_prefix("script:") {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: cannot read: {e}"))?;
+        let mut script = Script::parse(&text, file).map_err(|e| e.to_string())?;
+        script.offline = offline;
+        return Ok(Box::new(script));
+    }
+    Err(format!("--llm {spec}: expected `offline` or `script:FILE`"))
+}
+
+fn replay_one(args: &ReplayArgs, config: Config) -> Result<Report, String> {
+    let plan = args.faults.as_deref().map(FaultPlan::parse).transpose().map_err(|e| format!("--faults: {e}"))?;
+    let opts = Options {
+        seed: args.seed,
+        llm: responder(&args.llm, &config)?,
+        faults: plan.filter(|p| !p.is_none()).map(|p| Faults::new(p, args.seed)),
+        llm_label: args.llm.clone(),
+    };
+    // Progress only for runs long enough to wonder about, and only on a terminal.
+    let started = Instant::now();
+    let mut last = started;
+    let show = std::io::stderr().is_terminal();
+    let report = chatbot_replay::replay(open(&args.corpus)?, config, opts, |n| {
+        if show && started.elapsed().as_secs_f64() > 1.0 && last.elapsed().as_millis() >= 250 {
+            last = Instant::now();
+            eprint!("\rreplaying {}: {n} events", args.corpus.display());
+        }
+    });
+    if show && started.elapsed().as_secs_f64() > 1.0 {
+        eprintln!(
+            "\rreplayed {}: {} events in {:.1} s",
+            args.corpus.display(),
+            report.events,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(report)
+}
+
+fn replay_config(path: Option<&Path>, corpus: &Path) -> Result<Config, String> {
+    match path {
+        Some(p) => load_config(p),
+        None => chatbot_replay::default_config(&chatbot_replay::corpus_channels(open(corpus)?)),
+    }
+}
+
+fn replay(args: &ReplayArgs) -> Result<(), String> {
+    let config = replay_config(args.config.as_deref(), &args.corpus)?;
+    let a = replay_one(args, config)?;
+    let rendered = match &args.compare {
+        None => match args.format {
+            Format::Text => a.to_text(),
+            Format::Json => a.to_json(),
+            Format::Html => a.to_html(),
+        },
+        Some(other) => {
+            let b = replay_one(args, load_config(other)?)?;
+            let label = |p: Option<&Path>| p.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+            let cmp = Compare { a_label: label(args.config.as_deref()), b_label: label(Some(other)), a, b };
+            match args.format {
+                Format::Text => cmp.to_text(),
+                Format::Json => serde_json::to_string_pretty(&cmp).map_err(|e| e.to_string())?,
+                Format::Html => return Err("--compare supports --format text or json".into()),
+            }
+        }
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, rendered).map_err(|e| format!("{}: cannot write: {e}", path.display())),
+        None => std::io::stdout().write_all(rendered.as_bytes()).map_err(|e| format!("stdout: {e}")),
     }
 }
 

@@ -495,7 +495,6 @@ impl Channel {
             }
             Ok(()) => {
                 self.decide(env, ask.correlation_id, ask.user, Some(ask.trigger), Outcome::Fired, None);
-                self.last_fire = Some(env.now);
                 self.trigger_last.insert(ask.trigger, env.now);
                 if ask.trigger == Trigger::MediaChange {
                     self.last_media_comment = Some(env.now);
@@ -504,6 +503,10 @@ impl Channel {
                     Prompt::ParticipationCheck => Purpose::ParticipationCheck,
                     _ => Purpose::Reply,
                 };
+                // A yes/no question is not a message: only replies start the cooldown.
+                if purpose == Purpose::Reply {
+                    self.last_fire = Some(env.now);
+                }
                 let user = ask.user.map(str::to_lowercase);
                 if purpose == Purpose::Reply {
                     self.reserve(user.as_deref());
@@ -701,30 +704,27 @@ impl Channel {
         match (pending.purpose, result) {
             (Purpose::ParticipationCheck, Ok(reply)) => {
                 if is_yes(&reply.text) {
-                    let ask = Ask {
-                        trigger: Trigger::Contextual,
-                        user: None,
-                        correlation_id: None,
-                        probability: 1.0,
-                        cooldown: Duration::ZERO,
-                        prompt: Prompt::Contextual,
-                    };
                     // The check itself passed the limits; the reply must pass them again.
-                    let _ = self.check_limits(env.now, Trigger::Contextual, None).map(|()| {
-                        self.reserve(None);
-                        let messages = self.prompt(env, &ask.prompt);
-                        let pending = Pending {
-                            trigger: Trigger::Contextual,
-                            purpose: Purpose::Reply,
-                            audience: Audience::Channel,
-                            user: None,
-                            correlation_id: None,
-                            provider_index: 0,
-                            messages,
-                        };
-                        self.last_fire = Some(env.now);
-                        self.call(env, pending);
-                    });
+                    match self.check_limits(env.now, Trigger::Contextual, None) {
+                        Err(reason) => {
+                            self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Suppressed, Some(reason));
+                        }
+                        Ok(()) => {
+                            self.reserve(None);
+                            self.last_fire = Some(env.now);
+                            let messages = self.prompt(env, &Prompt::Contextual);
+                            let pending = Pending {
+                                trigger: Trigger::Contextual,
+                                purpose: Purpose::Reply,
+                                audience: Audience::Channel,
+                                user: None,
+                                correlation_id: None,
+                                provider_index: 0,
+                                messages,
+                            };
+                            self.call(env, pending);
+                        }
+                    }
                 } else {
                     self.decide(
                         env,

@@ -373,3 +373,21 @@ impl fmt::Display for Reason {
         f.write_str(self.label())
     }
 }
+
+impl serde::Serialize for Decision {
+    /// The one shape of a decision record, shared by the daemon's JSON logs and
+    /// `replay --format json`: `{"at","channel","correlation_id","user","trigger",
+    /// "outcome","reason"}` with `at` in epoch milliseconds and labels as strings.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Decision", 7)?;
+        st.serialize_field("at", &self.at.0)?;
+        st.serialize_field("channel", &self.channel)?;
+        st.serialize_field("correlation_id", &self.correlation_id)?;
+        st.serialize_field("user", &self.user)?;
+        st.serialize_field("trigger", &self.trigger.map(Trigger::label))?;
+        st.serialize_field("outcome", self.outcome.label())?;
+        st.serialize_field("reason", &self.reason.map(Reason::label))?;
+        st.end()
+    }
+}

@@ -442,3 +442,30 @@ fn long_replies_are_split_into_parts_sent_with_spacing() {
     assert_eq!(bot.said().len(), 2);
     assert!(bot.said().iter().all(|s| s.encode_utf16().count() <= 40));
 }
+
+#[test]
+fn decision_records_serialise_in_the_shared_log_shape() {
+    let mut bot = Bot::new("channels: [ { name: lounge, limits: { per_user: { max: 1 } } } ]\n");
+    bot.say("alice", "kryten?");
+    bot.say("alice", "kryten??");
+    let json = serde_json::to_string(&bot.decisions()[1]).unwrap();
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"at":{T0},"channel":"lounge","correlation_id":"ev-2","user":"alice","trigger":"mention","outcome":"suppressed","reason":"per_user_limit"}}"#
+        )
+    );
+}
+
+#[test]
+fn a_participation_check_does_not_start_the_global_cooldown_for_its_own_reply() {
+    let mut bot = Bot::new(
+        "channels: [ { name: lounge, limits: { global_cooldown: 30s }, triggers: { contextual: { enabled: true, every: 10m, min_new_messages: 1 } } } ]\n",
+    );
+    bot.say("a", "quiet in here");
+    bot.wait(600_000);
+    bot.answer("yes");
+    bot.wait(800);
+    assert_eq!(bot.last_call().purpose, Purpose::Reply);
+    assert!(bot.reasons(Outcome::Suppressed).is_empty());
+}

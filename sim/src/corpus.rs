@@ -17,6 +17,8 @@ pub struct CorpusEvent {
     pub line: usize,
     /// CyTube's event name.
     pub event_name: String,
+    /// The envelope's channel, if it names one.
+    pub channel: Option<String>,
     /// The envelope's `timestamp`, which drives the virtual clock.
     pub at: Option<Millis>,
     /// The line itself, fed to the engine as a NATS body would be.
@@ -39,6 +41,8 @@ struct Head<'a> {
     event_name: Cow<'a, str>,
     #[serde(borrow, default)]
     timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
 }
 
 /// Reads one line; `None` for blank and comment lines.
@@ -51,6 +55,7 @@ pub fn parse_line(line_no: usize, line: &str) -> Option<Result<CorpusEvent, BadL
         Ok(head) => Ok(CorpusEvent {
             line: line_no,
             event_name: head.event_name.into_owned(),
+            channel: head.channel.map(Cow::into_owned),
             at: head.timestamp.as_deref().and_then(Millis::parse_rfc3339),
             body: trimmed.as_bytes().to_vec(),
         }),

@@ -53,9 +53,21 @@ fn usage(call: &LlmCall, reply: &str) -> Usage {
     }
 }
 
-/// The built-in deterministic responder.
+/// The built-in deterministic responder. `names` (the bot's name and aliases) are never
+/// picked as the topic of a reply.
 #[derive(Debug, Clone, Default)]
-pub struct Offline;
+pub struct Offline {
+    /// Lower-cased words never used as a topic.
+    pub names: Vec<String>,
+}
+
+impl Offline {
+    /// An offline responder that knows the bot's names.
+    pub fn new(bot: &chatbot_core::config::BotConfig) -> Offline {
+        let names = std::iter::once(&bot.name).chain(&bot.aliases);
+        Offline { names: names.map(|n| n.trim_start_matches('@').to_lowercase()).collect() }
+    }
+}
 
 const QUESTION: &[&str] = &[
     "Good question, {user}. I'd say it depends on the {topic}.",
@@ -80,11 +92,12 @@ const STOPWORDS: &[&str] = &[
 
 impl Offline {
     /// The reply text for a call.
-    pub fn text(call: &LlmCall) -> String {
+    pub fn text(&self, call: &LlmCall) -> String {
         let last = call.messages.iter().rev().find(|m| m.role == Role::User).map_or("", |m| m.content.as_str());
         let h = hash(last);
         if call.purpose == Purpose::ParticipationCheck {
-            return if h % 3 == 0 { "yes".into() } else { "no".into() };
+            // The question is always the same: decide on the conversation before it.
+            return if hash(&call.messages) % 3 == 0 { "yes".into() } else { "no".into() };
         }
         if let Some(title) = last.strip_prefix("[The video changed to: ").and_then(|r| r.split_once(']')).map(|r| r.0) {
             return pick(MEDIA, h).replace("{title}", title);
@@ -93,10 +106,10 @@ impl Offline {
             Some((u, t)) if !last.starts_with('[') => (u, t),
             _ => ("friend", last),
         };
-        let topic = topic_of(text, call).unwrap_or_else(|| "vibe".into());
+        let topic = self.topic_of(text, call).unwrap_or_else(|| "vibe".into());
         let template = if last.starts_with("[Join") {
             let context = call.messages.iter().rev().skip(1).find(|m| m.role == Role::User).map_or("", |m| &m.content);
-            let topic = topic_of(context, call).unwrap_or_else(|| "conversation".into());
+            let topic = self.topic_of(context, call).unwrap_or_else(|| "conversation".into());
             return pick(JOIN, h).replace("{topic}", &topic);
         } else if text.contains('?') {
             pick(QUESTION, h)
@@ -111,20 +124,22 @@ fn pick(options: &[&'static str], h: u64) -> &'static str {
     options[(h % options.len() as u64) as usize]
 }
 
-/// The longest meaningful word of `text` (not a stopword, not the bot's name).
-fn topic_of(text: &str, call: &LlmCall) -> Option<String> {
-    let text = text.split_once(": ").map_or(text, |(_, t)| t);
-    let system = call.messages.first().map_or("", |m| m.content.as_str()).to_lowercase();
-    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| w.chars().count() >= 4 && !w.contains("http"))
-        .map(str::to_lowercase)
-        .filter(|w| !STOPWORDS.contains(&w.as_str()) && !system.contains(w.as_str()))
-        .max_by_key(|w| (w.chars().count(), std::cmp::Reverse(w.clone())))
+impl Offline {
+    /// The longest meaningful word of `text` (not a stopword, not the bot's name).
+    fn topic_of(&self, text: &str, call: &LlmCall) -> Option<String> {
+        let text = text.split_once(": ").map_or(text, |(_, t)| t);
+        let system = call.messages.first().map_or("", |m| m.content.as_str()).to_lowercase();
+        text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| w.chars().count() >= 4 && !w.contains("http"))
+            .map(str::to_lowercase)
+            .filter(|w| !STOPWORDS.contains(&w.as_str()) && !system.contains(w.as_str()) && !self.names.contains(w))
+            .max_by_key(|w| (w.chars().count(), std::cmp::Reverse(w.clone())))
+    }
 }
 
 impl Responder for Offline {
     fn respond(&mut self, call: &LlmCall) -> Answer {
-        let text = Offline::text(call);
+        let text = self.text(call);
         let latency = Duration::from_millis(400 + hash((&text, call.id)) % 1200);
         Answer { latency, result: Ok(LlmReply { usage: Some(usage(call, &text)), text }) }
     }
@@ -172,6 +187,8 @@ struct Rule {
 pub struct Script {
     rules: Vec<Rule>,
     calls: u64,
+    /// Answers calls no rule matches.
+    pub offline: Offline,
 }
 
 /// Why a script file was refused.
@@ -221,7 +238,7 @@ impl Script {
                 .transpose()?;
             rules.push(Rule { order: r.order, pattern, provider: r.provider, outcome, latency });
         }
-        Ok(Script { rules, calls: 0 })
+        Ok(Script { rules, calls: 0, offline: Offline::default() })
     }
 }
 
@@ -234,7 +251,7 @@ impl Responder for Script {
                 && r.provider.as_ref().is_none_or(|p| *p == call.provider)
                 && r.pattern.as_ref().is_none_or(|p| p.is_match(last))
         });
-        let Some(rule) = rule else { return Offline.respond(call) };
+        let Some(rule) = rule else { return self.offline.respond(call) };
         let default_latency = if rule.outcome == Err(LlmError::Timeout) { 30_000 } else { 500 };
         Answer {
             latency: rule.latency.unwrap_or(Duration::from_millis(default_latency)),
@@ -341,13 +358,14 @@ mod tests {
     #[test]
     fn offline_replies_are_deterministic_and_about_the_prompt() {
         let c = call(Purpose::Reply, "alice: kryten, is the sequel any good?");
-        let a = Offline.respond(&c);
-        assert_eq!(a, Offline.respond(&c));
+        let a = Offline::default().respond(&c);
+        assert_eq!(a, Offline::default().respond(&c));
         let text = a.result.unwrap().text;
         assert!(text.contains("sequel"), "{text}");
-        let media = Offline::text(&call(Purpose::Reply, "[The video changed to: Me at the zoo] Say something."));
+        let media =
+            Offline::default().text(&call(Purpose::Reply, "[The video changed to: Me at the zoo] Say something."));
         assert!(media.contains("Me at the zoo"), "{media}");
-        let check = Offline::text(&call(Purpose::ParticipationCheck, "bob: hi"));
+        let check = Offline::default().text(&call(Purpose::ParticipationCheck, "bob: hi"));
         assert!(check == "yes" || check == "no");
     }
 
@@ -380,7 +398,7 @@ mod tests {
         let plan = FaultPlan { timeout: 0.2, error: 0.2, empty: 0.2, jitter: Duration::from_secs(1) };
         let run = |seed| {
             let mut f = Faults::new(plan, seed);
-            (0..50).map(|_| f.apply(Offline.respond(&call(Purpose::Reply, "a: hi")))).collect::<Vec<_>>()
+            (0..50).map(|_| f.apply(Offline::default().respond(&call(Purpose::Reply, "a: hi")))).collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         let failures = run(3).iter().filter(|a| a.result.is_err()).count();

@@ -1,0 +1,138 @@
+//! `llm-chatbot replay`: runs a recorded corpus through the real engine (via the
+//! simulator) and reports how often the bot would speak, to whom, and why it stayed
+//! silent, so an operator can tune a config before deploying it.
+//!
+//! The corpus is streamed: the trace is folded into the report after every event, so
+//! memory does not grow with the corpus beyond the report itself.
+
+mod html;
+mod report;
+mod text;
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use chatbot_core::event::{self, Event};
+use chatbot_core::{Config, Effect, Input, Millis, Outcome};
+use chatbot_sim::corpus::{self, BadLine};
+use chatbot_sim::{Faults, Responder, Sim, TraceItem, Traced};
+
+pub use report::{ChannelReport, Compare, ReplyLine, Report};
+
+/// The configuration replay uses when none is given: the documented defaults, one
+/// provider, and channels taken from the corpus itself.
+pub const DEFAULT_CONFIG: &str = r#"
+bot: { name: KrytenBot, aliases: [kryten] }
+llm:
+  providers:
+    main: { base_url: "http://127.0.0.1:1/v1", model: offline }
+"#;
+
+/// Builds the default config for a corpus: every channel that appears in it.
+pub fn default_config(channels: &[String]) -> Result<Config, String> {
+    let mut yaml = DEFAULT_CONFIG.to_string();
+    yaml.push_str("channels:\n");
+    for ch in channels {
+        yaml.push_str(&format!("  - name: {}\n", serde_json::to_string(ch).map_err(|e| e.to_string())?));
+    }
+    Config::parse(&yaml, "<built-in replay config>").map_err(|e| e.to_string())
+}
+
+/// Channel names found in a corpus, in order of first appearance.
+pub fn corpus_channels(reader: impl BufRead) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ev in corpus::read(reader).flatten() {
+        if let Ok(env) = event::parse(&ev.body, None) {
+            if !out.iter().any(|c| c.eq_ignore_ascii_case(&env.channel)) {
+                out.push(env.channel);
+            }
+        }
+    }
+    out
+}
+
+/// What to replay with.
+pub struct Options {
+    /// Seed of the engine's RNG (and of fault injection).
+    pub seed: u64,
+    /// The LLM stand-in.
+    pub llm: Box<dyn Responder>,
+    /// Faults to inject, if any.
+    pub faults: Option<Faults>,
+    /// A label for the LLM in the report (`offline`, `script:FILE`, `http`).
+    pub llm_label: String,
+}
+
+/// Replays `reader` under `config`. `progress` is called now and then with the number
+/// of events done, so a CLI can show progress on long corpora.
+pub fn replay(reader: impl BufRead, config: Config, opts: Options, mut progress: impl FnMut(u64)) -> Report {
+    let mut report = Report::new(&config, opts.seed, &opts.llm_label);
+    let mut sim: Option<Sim> = None;
+    let (mut llm, mut faults) = (Some(opts.llm), opts.faults);
+    let mut last_at: Option<Millis> = None;
+    for (n, item) in corpus::read(reader).enumerate() {
+        let ev = match item {
+            Ok(ev) => ev,
+            Err(BadLine { line, error }) => {
+                report.bad_lines.push(format!("line {line}: {error}"));
+                continue;
+            }
+        };
+        // The envelope's timestamp drives the clock; a line without one happens "now".
+        let at = ev.at.or(last_at).unwrap_or(Millis::ZERO);
+        let sim = sim.get_or_insert_with(|| {
+            report.start = at;
+            let llm = llm.take().expect("the LLM is handed over once");
+            Sim::new(config.clone(), opts.seed, at, llm, faults.take())
+        });
+        last_at = Some(at.max(last_at.unwrap_or(at)));
+        report.events += 1;
+        sim.feed(at, Input::Event { subject: None, body: ev.body.clone() });
+        let trace = sim.take_trace();
+        report.absorb(&trace, Some(&ev.body));
+        report.observe_event(sim.now(), ev.channel.as_deref(), &ev.event_name);
+        if n % 4096 == 0 {
+            progress(report.events);
+        }
+    }
+    if let Some(sim) = sim.as_mut() {
+        sim.finish(Duration::from_secs(60));
+        let trace = sim.take_trace();
+        report.absorb(&trace, None);
+        report.end = sim.now();
+        report.set_event_counts(sim.engine().stats(), sim.engine().unrouted());
+    }
+    progress(report.events);
+    report.finalise();
+    report
+}
+
+impl Report {
+    /// Folds trace items into the report. `current` is the corpus line just fed: a
+    /// trigger that fired on it gets its text remembered for the reply list.
+    fn absorb(&mut self, trace: &[Traced], current: Option<&[u8]>) {
+        for t in trace {
+            match &t.what {
+                TraceItem::Effect(Effect::Decision(d)) => {
+                    if d.outcome == Outcome::Fired {
+                        if let (Some(body), Some(cid)) = (current, d.correlation_id.as_deref()) {
+                            if let Ok(env) = event::parse(body, None) {
+                                let text = match env.event {
+                                    Event::Chat(m) | Event::Pm { message: m, .. } => format!("{}: {}", m.user, m.text),
+                                    Event::MediaChange { title, .. } => format!("[media] {title}"),
+                                    _ => String::new(),
+                                };
+                                self.remember_cause(cid, text);
+                            }
+                        }
+                    }
+                    self.decision(d);
+                }
+                TraceItem::Effect(Effect::Publish(cmd)) => self.published(t.at, cmd),
+                TraceItem::Effect(Effect::CallLlm(call)) => self.called(call),
+                TraceItem::Answered { id, provider, result } => self.answered(*id, provider, result),
+                TraceItem::Effect(Effect::CancelLlm(_) | Effect::ShutdownComplete) => {}
+            }
+        }
+    }
+}
