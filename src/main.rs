@@ -25,6 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: subscribe to Kryten events on NATS and take part in the channels.
+    Run {
+        /// The configuration file (SIGHUP reloads it).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log format: `human` for a terminal, `json` for one object per line.
+        #[arg(long, value_enum, default_value_t = LogFormatArg::Human)]
+        log_format: LogFormatArg,
+        /// Log level or filter (RUST_LOG wins when set). Chat text appears only at debug.
+        #[arg(long, default_value = "info", value_name = "LEVEL")]
+        log_level: String,
+    },
     /// Validate a configuration file and print a short summary (exit 0), or the error (exit 1).
     Check {
         /// The configuration file.
@@ -60,6 +72,12 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
     Json,
@@ -69,6 +87,27 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config, log_format, log_level } => {
+            let format = match log_format {
+                LogFormatArg::Human => chatbot_runtime::LogFormat::Human,
+                LogFormatArg::Json => chatbot_runtime::LogFormat::Json,
+            };
+            chatbot_runtime::init_logging(format, &log_level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(chatbot_runtime::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Replay { corpus, config, seed, llm, faults, format, output, compare } => {
             let args = ReplayArgs { corpus, config, seed, llm, faults, format, output, compare };
             match replay(&args) {
@@ -185,8 +224,7 @@ fn replay(args: &ReplayArgs) -> Result<(), String> {
 
 /// Reads and validates a config file; the error names the file (and line, column, key).
 fn load_config(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    Config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
+    chatbot_runtime::load_config(path)
 }
 
 fn summary(path: &Path, cfg: &Config) -> String {

@@ -97,6 +97,37 @@ impl Millis {
     }
 }
 
+impl Millis {
+    /// Formats as Python's `datetime.isoformat()` for UTC
+    /// (`2026-01-15T10:30:00.123000+00:00`), the shape Kryten writes in timestamps.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0 / 1000;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60,
+            (self.0 % 1000) * 1000
+        )
+    }
+}
+
+/// The date of a day count since 1970-01-01 (inverse of `days_from_civil`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -139,6 +170,15 @@ mod tests {
         for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00+0000", "2026-01-01T00:00:00.Z"] {
             assert_eq!(Millis::parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn formatting_round_trips_through_parsing() {
+        for ms in [0, 1_768_473_000_123, 951_782_400_000, 4_107_542_399_999] {
+            let text = Millis(ms).to_rfc3339();
+            assert_eq!(Millis::parse_rfc3339(&text), Some(Millis(ms)), "{text}");
+        }
+        assert_eq!(Millis(1_768_473_000_123).to_rfc3339(), "2026-01-15T10:30:00.123000+00:00");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use chatbot_core::Millis;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
@@ -334,29 +335,7 @@ impl Gen {
 
 /// Python's `datetime.isoformat()` for UTC, as Kryten-Robot writes `timestamp`.
 fn iso(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        (ms % 1000) * 1000
-    )
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    Millis(ms).to_rfc3339()
 }
 
 fn main() -> std::io::Result<()> {
@@ -380,14 +359,4 @@ fn main() -> std::io::Result<()> {
     let n = demo.write(&dir.join("demo.jsonl"))?;
     println!("corpus/demo.jsonl: {n} events");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::iso;
-
-    #[test]
-    fn timestamps_look_like_python_isoformat() {
-        assert_eq!(iso(1_768_473_000_123), "2026-01-15T10:30:00.123000+00:00");
-    }
 }

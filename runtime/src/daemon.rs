@@ -1,0 +1,511 @@
+//! `llm-chatbot run`: the event loop that feeds the engine and executes its effects.
+//!
+//! One task owns the [`Engine`]. It waits on everything that can happen (a NATS event,
+//! an LLM answer, the engine's next timer, a connection change, a signal, a service
+//! request, the heartbeat and health-refresh ticks), hands it to the engine, then drains
+//! the effects (the engine's drain rule). LLM requests run as their own tasks, so a slow
+//! provider never delays NATS handling or other channels. No decision is made here: which
+//! event matters, whether to speak and what to say all belong to the engine.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, Subscriber};
+use chatbot_core::{Config, Effect, Engine, Input, Millis, RequestId};
+use futures_util::StreamExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::http::{self, HealthState, Shared};
+use crate::kryten::{self, Identity};
+use crate::llm::{LlmClient, Outcome};
+use crate::metrics::Metrics;
+use crate::nats;
+
+/// How long SIGTERM waits for in-flight requests and queued replies.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a reload waits for in-flight requests before swapping anyway.
+const RELOAD_GRACE: Duration = Duration::from_secs(5);
+/// Kryten's heartbeat period.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How stale /health may be.
+const HEALTH_REFRESH: Duration = Duration::from_millis(250);
+/// Events buffered between the subscriptions and the engine task.
+const EVENT_BUFFER: usize = 8192;
+
+/// Why the daemon could not start (exit code 1, one line on stderr).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is unreadable or invalid.
+    #[error("{0}")]
+    Config(String),
+    /// NATS could not be reached.
+    #[error(transparent)]
+    Nats(#[from] nats::NatsError),
+    /// The HTTP listener could not bind.
+    #[error("http.listen: cannot listen on {addr}: {reason}")]
+    Http {
+        /// Address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// An LLM provider cannot be used.
+    #[error(transparent)]
+    Llm(#[from] crate::llm::ClientError),
+    /// A NATS subscription failed.
+    #[error("nats: cannot subscribe to {subject}: {reason}")]
+    Subscribe {
+        /// Subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reads and validates the config file.
+pub fn load_config(path: &std::path::Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    Config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
+}
+
+/// Epoch milliseconds from a monotonic clock anchored once at start.
+#[derive(Clone, Copy)]
+struct Clock {
+    base_ms: u64,
+    base: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Clock { base_ms, base: Instant::now() }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(self.base_ms + self.base.elapsed().as_millis() as u64)
+    }
+
+    fn instant(&self, at: Millis) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.base + Duration::from_millis(at.0.saturating_sub(self.base_ms)))
+    }
+}
+
+/// One channel's subscription: a task forwarding its events to the engine task.
+struct Subscriptions {
+    client: Client,
+    tasks: HashMap<String, JoinHandle<()>>,
+    tx: mpsc::Sender<async_nats::Message>,
+    shared: Arc<Shared>,
+}
+
+impl Subscriptions {
+    /// Subscribes channels that are new in `config` and drops those no longer in it.
+    async fn sync(&mut self, config: &Config) -> Result<(), StartError> {
+        let wanted: HashMap<String, String> = config
+            .channels
+            .iter()
+            .map(|c| (kryten::event_subject(config.nats.subjects, &c.name), c.name.clone()))
+            .collect();
+        self.tasks.retain(|subject, task| {
+            let keep = wanted.contains_key(subject);
+            if !keep {
+                tracing::info!(subject, "unsubscribing");
+                task.abort();
+            }
+            keep
+        });
+        for (subject, channel) in wanted {
+            if self.tasks.contains_key(&subject) {
+                continue;
+            }
+            let sub = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| StartError::Subscribe { subject: subject.clone(), reason: e.to_string() })?;
+            let task = tokio::spawn(forward(sub, channel, self.tx.clone(), self.shared.clone()));
+            self.tasks.insert(subject, task);
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for (_, t) in self.tasks.drain() {
+            t.abort();
+        }
+    }
+}
+
+async fn forward(mut sub: Subscriber, channel: String, tx: mpsc::Sender<async_nats::Message>, shared: Arc<Shared>) {
+    while let Some(msg) = sub.next().await {
+        shared.metrics.event(&channel);
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Everything the loop owns besides the engine.
+struct Daemon {
+    config_path: PathBuf,
+    clock: Clock,
+    started: Instant,
+    client: Client,
+    llm: Arc<LlmClient>,
+    llm_tx: mpsc::UnboundedSender<(RequestId, String, Outcome)>,
+    in_flight: HashMap<RequestId, AbortHandle>,
+    shared: Arc<Shared>,
+    hostname: String,
+    http_port: u16,
+    request_seq: u64,
+    request_salt: u64,
+    shutdown_done: bool,
+}
+
+impl Daemon {
+    fn identity<'a>(&'a self, config: &'a Config) -> Identity<'a> {
+        Identity {
+            service: &config.kryten.service_name,
+            version: env!("CARGO_PKG_VERSION"),
+            hostname: &self.hostname,
+            http_port: self.http_port,
+        }
+    }
+
+    async fn lifecycle(&self, config: &Config, kind: &str, reason: Option<&str>) {
+        let (subject, body) = kryten::lifecycle(
+            &self.identity(config),
+            kind,
+            self.clock.now(),
+            self.started.elapsed().as_secs_f64(),
+            reason,
+        );
+        if let Err(e) = self.client.publish(subject, body.into()).await {
+            tracing::warn!(error = %e, kind, "cannot publish lifecycle event");
+        }
+    }
+
+    /// Executes every effect the engine has queued (the drain rule).
+    async fn drain(&mut self, engine: &mut Engine) {
+        while let Some(effect) = engine.poll_effect() {
+            match effect {
+                Effect::CallLlm(call) => {
+                    let llm = self.llm.clone();
+                    let tx = self.llm_tx.clone();
+                    let (id, provider) = (call.id, call.provider.clone());
+                    tracing::debug!(channel = %call.channel, request = %id, provider, messages = ?call.messages, "llm call");
+                    let task = tokio::spawn(async move {
+                        let outcome = llm.complete(&call.provider, &call.messages).await;
+                        let _ = tx.send((call.id, call.provider, outcome));
+                    });
+                    self.in_flight.insert(id, task.abort_handle());
+                    self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+                }
+                Effect::CancelLlm(id) => {
+                    if let Some(task) = self.in_flight.remove(&id) {
+                        task.abort();
+                    }
+                    self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+                }
+                Effect::Publish(cmd) => {
+                    let config = engine.config();
+                    self.request_seq += 1;
+                    let request_id = request_id(self.request_salt, self.request_seq);
+                    let (subject, body) = kryten::command_message(
+                        config.nats.commands,
+                        &cmd,
+                        &config.kryten.domain,
+                        &config.kryten.service_name,
+                        self.clock.now(),
+                        &request_id,
+                    );
+                    tracing::debug!(channel = %cmd.channel, text = cmd.kind.text(), "publishing");
+                    match self.client.publish(subject, body.into()).await {
+                        Ok(()) => self.shared.metrics.sent(&cmd.channel),
+                        Err(e) => tracing::warn!(channel = %cmd.channel, error = %e, "publish failed"),
+                    }
+                }
+                Effect::Decision(d) => {
+                    self.shared.metrics.decision(&d);
+                    tracing::info!(
+                        target: "decision",
+                        at = d.at.0,
+                        channel = %d.channel,
+                        correlation_id = d.correlation_id.as_deref().unwrap_or(""),
+                        user = d.user.as_deref().unwrap_or(""),
+                        trigger = d.trigger.map_or("", |t| t.label()),
+                        outcome = d.outcome.label(),
+                        reason = d.reason.map_or("", |r| r.label()),
+                    );
+                }
+                Effect::ShutdownComplete => self.shutdown_done = true,
+            }
+        }
+    }
+
+    fn refresh_health(&self, engine: &Engine, connected: bool, reconnects: u64, shutting_down: bool) {
+        let channels = engine.status();
+        let queued: usize = channels.iter().map(|c| c.queued).sum();
+        self.shared.metrics.queue_depth.set(queued as i64);
+        self.shared.metrics.channels.set(channels.len() as i64);
+        if let Ok(mut h) = self.shared.health.lock() {
+            h.channels = channels;
+            h.nats_connected = connected;
+            h.reconnects = reconnects;
+            h.shutting_down = shutting_down;
+        }
+    }
+
+    fn record_llm(&self, provider: &str, outcome: &Outcome) {
+        let label = match &outcome.result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.shared.metrics.llm(label, outcome.elapsed.as_secs_f64());
+        if let Ok(mut h) = self.shared.health.lock() {
+            let p = h.providers.entry(provider.to_owned()).or_default();
+            match &outcome.result {
+                Ok(_) => {
+                    p.ok += 1;
+                    p.consecutive_failures = 0;
+                }
+                Err(e) => {
+                    p.consecutive_failures += 1;
+                    p.last_error = Some(e.label());
+                    tracing::warn!(provider, error = e.label(), attempts = outcome.attempts, "llm request failed");
+                }
+            }
+        }
+    }
+}
+
+/// A uuid4-shaped id for `meta.request_id`.
+fn request_id(salt: u64, seq: u64) -> String {
+    let a = RandomState::new().hash_one((salt, seq));
+    let b = salt ^ seq.rotate_left(17);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Errors are start-up failures.
+pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
+    let started = Instant::now();
+    let clock = Clock::new();
+    let config = load_config(&config_path).map_err(StartError::Config)?;
+    let env = |var: &str| std::env::var(var).ok();
+
+    let shared = Arc::new(Shared { health: Mutex::new(HealthState::default()), metrics: Metrics::new(), started });
+    let listener = http::bind(&config.http.listen)
+        .await
+        .map_err(|e| StartError::Http { addr: config.http.listen.clone(), reason: e.to_string() })?;
+    let http_port = listener.local_addr().map_or(0, |a| a.port());
+    let llm = Arc::new(LlmClient::new(&config.llm.providers, env)?);
+    for p in llm.providers_without_key() {
+        tracing::warn!(provider = p, "the provider's api_key_env variable is not set: requests go without a key");
+    }
+
+    let (state_tx, mut state_rx) = mpsc::unbounded_channel();
+    let client =
+        nats::connect(&config.nats, &format!("llm-chatbot ({})", config.kryten.service_name), state_tx, env).await?;
+    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_BUFFER);
+    let mut subs = Subscriptions { client: client.clone(), tasks: HashMap::new(), tx: ev_tx, shared: shared.clone() };
+    subs.sync(&config).await?;
+    let service = config.kryten.service_name.clone();
+    let subscribe = |subject: String| {
+        let client = client.clone();
+        async move {
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| StartError::Subscribe { subject, reason: e.to_string() })
+        }
+    };
+    let mut commands = subscribe(format!("kryten.{service}.command")).await?;
+    let mut discovery = subscribe("kryten.service.discovery.poll".into()).await?;
+    // Subscriptions are registered with the server before we call ourselves ready.
+    let _ = client.flush().await;
+
+    let (llm_tx, mut llm_rx) = mpsc::unbounded_channel();
+    let seed = RandomState::new().hash_one(clock.now().0);
+    let mut engine = Engine::new(config, seed, clock.now());
+    let mut d = Daemon {
+        config_path,
+        clock,
+        started,
+        client: client.clone(),
+        llm,
+        llm_tx,
+        in_flight: HashMap::new(),
+        shared: shared.clone(),
+        hostname: hostname(),
+        http_port,
+        request_seq: 0,
+        request_salt: seed.rotate_left(29),
+        shutdown_done: false,
+    };
+    let http_task = tokio::spawn(http::serve(listener, shared.clone()));
+    d.lifecycle(engine.config(), "startup", None).await;
+    let mut connected = true;
+    let mut reconnects = 0u64;
+    let mut seen_first_connect = false;
+    d.refresh_health(&engine, connected, reconnects, false);
+    tracing::info!(
+        channels = engine.config().channels.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        http = %engine.config().http.listen,
+        "ready"
+    );
+
+    let (mut hup, mut term, mut int) = (
+        signal(SignalKind::hangup()).map_err(|e| StartError::Config(format!("cannot install SIGHUP handler: {e}")))?,
+        signal(SignalKind::terminate())
+            .map_err(|e| StartError::Config(format!("cannot install SIGTERM handler: {e}")))?,
+        signal(SignalKind::interrupt())
+            .map_err(|e| StartError::Config(format!("cannot install SIGINT handler: {e}")))?,
+    );
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut health_tick = tokio::time::interval(HEALTH_REFRESH);
+    let mut pending_reload: Option<(Config, Instant)> = None;
+    let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+    let mut shutdown_reason = "stopped";
+    let far = Duration::from_secs(3600);
+
+    loop {
+        let wake = engine.poll_timeout().map_or_else(|| tokio::time::Instant::now() + far, |t| d.clock.instant(t));
+        let stop_at = shutdown_deadline.unwrap_or_else(|| tokio::time::Instant::now() + far);
+        tokio::select! {
+            // A Kryten event for one of our channels.
+            Some(msg) = ev_rx.recv(), if shutdown_deadline.is_none() => {
+                engine.handle(d.clock.now(), Input::Event { subject: Some(msg.subject.to_string()), body: msg.payload.to_vec() });
+            }
+            // An LLM request finished (its task sends exactly once).
+            Some((id, provider, outcome)) = llm_rx.recv() => {
+                d.in_flight.remove(&id);
+                d.shared.metrics.in_flight.set(d.in_flight.len() as i64);
+                d.record_llm(&provider, &outcome);
+                engine.handle(d.clock.now(), Input::LlmDone { id, result: outcome.result });
+            }
+            // The engine's next timer (send spacing, participation, LLM deadline).
+            _ = tokio::time::sleep_until(wake) => engine.handle(d.clock.now(), Input::Tick),
+            // NATS went down or came back: the engine holds replies meanwhile.
+            Some(up) = state_rx.recv() => {
+                if up {
+                    if seen_first_connect && !connected {
+                        reconnects += 1;
+                        d.shared.metrics.reconnects.inc();
+                        tracing::info!(reconnects, "nats reconnected");
+                    }
+                    seen_first_connect = true;
+                } else {
+                    tracing::warn!("nats connection lost; replies are held until it is back");
+                }
+                if up != connected {
+                    connected = up;
+                    engine.handle(d.clock.now(), Input::Connection { up });
+                }
+                d.refresh_health(&engine, connected, reconnects, shutdown_deadline.is_some());
+            }
+            _ = hup.recv() => match load_config(&d.config_path) {
+                Err(e) => tracing::error!(error = %e, "reload refused; keeping the running config"),
+                Ok(new) => {
+                    tracing::info!(channels = new.channels.len(), "reload accepted");
+                    pending_reload = Some((new, Instant::now() + RELOAD_GRACE));
+                }
+            },
+            _ = term.recv() => { shutdown_reason = "SIGTERM"; begin_shutdown(&mut engine, &mut subs, &d, &mut shutdown_deadline); }
+            _ = int.recv() => { shutdown_reason = "SIGINT"; begin_shutdown(&mut engine, &mut subs, &d, &mut shutdown_deadline); }
+            // kryten.{service}.command: system.ping / system.health.
+            Some(req) = commands.next() => {
+                if let Some(reply) = req.reply {
+                    let config = engine.config();
+                    let id = d.identity(config);
+                    let body = kryten::service_reply(&id, &req.payload, d.clock.now(), d.started.elapsed().as_secs_f64(), || d.shared.health_json());
+                    let _ = d.client.publish(reply, body.into()).await;
+                }
+            }
+            Some(_) = discovery.next() => d.lifecycle(engine.config(), "startup", None).await,
+            _ = heartbeat.tick() => d.lifecycle(engine.config(), "heartbeat", None).await,
+            _ = health_tick.tick() => d.refresh_health(&engine, connected, reconnects, shutdown_deadline.is_some()),
+            _ = tokio::time::sleep_until(stop_at), if shutdown_deadline.is_some() => {
+                tracing::warn!(in_flight = d.in_flight.len(), "shutdown grace period over; abandoning what is left");
+                break;
+            }
+        }
+        d.drain(&mut engine).await;
+        if let Some((_, deadline)) = &pending_reload {
+            if d.in_flight.is_empty() || Instant::now() >= *deadline {
+                if let Some((new, _)) = pending_reload.take() {
+                    apply_reload(&mut engine, &mut subs, &mut d, new).await;
+                    d.drain(&mut engine).await;
+                }
+            }
+        }
+        if d.shutdown_done {
+            break;
+        }
+    }
+
+    for (_, task) in d.in_flight.drain() {
+        task.abort();
+    }
+    d.lifecycle(engine.config(), "shutdown", Some(shutdown_reason)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    http_task.abort();
+    tracing::info!(reason = shutdown_reason, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    Ok(())
+}
+
+fn begin_shutdown(
+    engine: &mut Engine,
+    subs: &mut Subscriptions,
+    d: &Daemon,
+    deadline: &mut Option<tokio::time::Instant>,
+) {
+    if deadline.is_some() {
+        return;
+    }
+    tracing::info!(in_flight = d.in_flight.len(), "shutting down: no new events; waiting for in-flight requests");
+    subs.stop();
+    *deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+    engine.handle(d.clock.now(), Input::Shutdown);
+}
+
+async fn apply_reload(engine: &mut Engine, subs: &mut Subscriptions, d: &mut Daemon, new: Config) {
+    let old = engine.config();
+    if old.nats != new.nats || old.http != new.http || old.kryten.service_name != new.kryten.service_name {
+        tracing::warn!("changes to nats, http or kryten.service_name take effect after a restart");
+    }
+    if old.llm.providers != new.llm.providers {
+        match LlmClient::new(&new.llm.providers, |v| std::env::var(v).ok()) {
+            Ok(client) => d.llm = Arc::new(client),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: provider unusable; keeping the running config");
+                return;
+            }
+        }
+    }
+    if let Err(e) = subs.sync(&new).await {
+        tracing::error!(error = %e, "reload: subscription change failed");
+    }
+    engine.handle(d.clock.now(), Input::Reload(Box::new(new)));
+    tracing::info!(channels = engine.config().channels.len(), "reloaded");
+}

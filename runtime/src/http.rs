@@ -1,0 +1,133 @@
+//! `GET /health` and `GET /metrics` on hyper.
+//!
+//! Both answer from shared state the daemon refreshes, never by asking the engine task,
+//! so a busy event loop cannot slow a health probe (and a flood of probes cannot slow
+//! the event loop). /health always answers 200: `status` says `degraded` while NATS is
+//! down. Anything else is 404; a malformed request only closes its own connection.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use chatbot_core::ChannelStatus;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+
+/// What /health reports, refreshed by the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct HealthState {
+    /// Connected to NATS right now.
+    pub nats_connected: bool,
+    /// NATS reconnections since start.
+    pub reconnects: u64,
+    /// Per channel.
+    pub channels: Vec<ChannelStatus>,
+    /// Per provider: consecutive failures and the last failure kind.
+    pub providers: BTreeMap<String, ProviderHealth>,
+    /// Shutdown in progress.
+    pub shutting_down: bool,
+}
+
+/// One provider's recent record.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderHealth {
+    /// Failures since the last success.
+    pub consecutive_failures: u64,
+    /// Label of the last failure.
+    pub last_error: Option<&'static str>,
+    /// Requests answered successfully.
+    pub ok: u64,
+}
+
+/// Everything the HTTP handlers read.
+pub struct Shared {
+    /// Health snapshot.
+    pub health: Mutex<HealthState>,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// Process start.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// The /health document.
+    pub fn health_json(&self) -> Value {
+        let h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
+        let queue: usize = h.channels.iter().map(|c| c.queued).sum();
+        json!({
+            "status": if h.nats_connected { "ok" } else { "degraded" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "shutting_down": h.shutting_down,
+            "nats": {"state": if h.nats_connected { "connected" } else { "disconnected" }, "queue_depth": queue, "reconnects": h.reconnects},
+            "llm": {"providers": h.providers.iter().map(|(name, p)| (name.clone(), json!({
+                "state": if p.consecutive_failures == 0 { "ok" } else { "failing" },
+                "consecutive_failures": p.consecutive_failures,
+                "last_error": p.last_error,
+                "ok": p.ok,
+            }))).collect::<serde_json::Map<_, _>>()},
+            "channels": h.channels.iter().map(|c| json!({
+                "name": c.name, "context_size": c.context_len, "in_flight": c.in_flight, "queued": c.queued,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => respond(StatusCode::OK, "application/json", shared.health_json().to_string()),
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        (_, "/health" | "/metrics") => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found: try /health or /metrics\n"),
+    })
+}
+
+/// Binds `addr` (failing at once if it cannot, e.g. port in use).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _peer): (_, SocketAddr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| route(shared.clone(), req));
+            // A bad request or a dropped client ends this connection only.
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}

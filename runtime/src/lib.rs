@@ -1,0 +1,38 @@
+//! The llm-chatbot daemon: a thin tokio shell around the sans-IO engine.
+//!
+//! It turns NATS messages, LLM answers, timers and signals into engine inputs and
+//! executes the engine's effects (LLM requests, Kryten commands, decision logs). It holds
+//! no trigger, limit or text logic: see `chatbot-core` for all of that.
+
+pub mod daemon;
+pub mod http;
+pub mod kryten;
+pub mod llm;
+pub mod metrics;
+pub mod nats;
+
+pub use daemon::{load_config, run, StartError};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global logger on stderr. `RUST_LOG` wins over `level` when set.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init(),
+    };
+}

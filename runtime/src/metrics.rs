@@ -1,0 +1,120 @@
+//! Prometheus metrics (prometheus-client). Labels are bounded: channel, trigger,
+//! outcome and reason only, never users or text.
+
+use chatbot_core::Decision;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    channel: String,
+    trigger: String,
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+/// Every metric family the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<ChannelLabel, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    llm_requests: Family<OutcomeLabel, Counter>,
+    llm_latency: Histogram,
+    messages_sent: Family<ChannelLabel, Counter>,
+    /// Commands waiting in the channels' send queues.
+    pub queue_depth: Gauge,
+    /// LLM requests outstanding.
+    pub in_flight: Gauge,
+    /// NATS reconnections since start.
+    pub reconnects: Counter,
+    /// Channels configured.
+    pub channels: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("llm_chatbot");
+        let m = Metrics {
+            events: Family::default(),
+            decisions: Family::default(),
+            llm_requests: Family::default(),
+            llm_latency: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
+            messages_sent: Family::default(),
+            queue_depth: Gauge::default(),
+            in_flight: Gauge::default(),
+            reconnects: Counter::default(),
+            channels: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("events", "Kryten events received, by channel", m.events.clone());
+        registry.register("decisions", "Engine decisions by channel, trigger, outcome and reason", m.decisions.clone());
+        registry.register("llm_requests", "LLM requests by outcome (ok or the failure kind)", m.llm_requests.clone());
+        registry.register(
+            "llm_request_duration_seconds",
+            "LLM request latency including retries",
+            m.llm_latency.clone(),
+        );
+        registry.register("messages_sent", "Chat messages and PMs published, by channel", m.messages_sent.clone());
+        registry.register("queue_depth", "Replies waiting for their send slot", m.queue_depth.clone());
+        registry.register("llm_in_flight", "LLM requests outstanding", m.in_flight.clone());
+        registry.register("nats_reconnects", "NATS reconnections since start", m.reconnects.clone());
+        registry.register("channels", "Channels configured", m.channels.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// One event received for `channel`.
+    pub fn event(&self, channel: &str) {
+        self.events.get_or_create(&ChannelLabel { channel: channel.to_owned() }).inc();
+    }
+
+    /// One decision record.
+    pub fn decision(&self, d: &Decision) {
+        let labels = DecisionLabels {
+            channel: d.channel.clone(),
+            trigger: d.trigger.map_or("", |t| t.label()).to_owned(),
+            outcome: d.outcome.label().to_owned(),
+            reason: d.reason.map_or("", |r| r.label()).to_owned(),
+        };
+        self.decisions.get_or_create(&labels).inc();
+    }
+
+    /// One LLM request finished.
+    pub fn llm(&self, outcome: &str, seconds: f64) {
+        self.llm_requests.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+        self.llm_latency.observe(seconds);
+    }
+
+    /// One message published to `channel`.
+    pub fn sent(&self, channel: &str) {
+        self.messages_sent.get_or_create(&ChannelLabel { channel: channel.to_owned() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

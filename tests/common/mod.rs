@@ -1,0 +1,374 @@
+//! Real parts for end-to-end tests: a `nats-server` on a free loopback port, an
+//! in-process OpenAI-compatible server whose answers a test scripts, and the real
+//! `llm-chatbot` binary. Everything is started by the test and stopped on drop; every
+//! wait is bounded.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn wait_for_port(port: u16, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let open = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if open == up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("port {port} did not become {}", if up { "open" } else { "closed" });
+}
+
+/// A real nats-server process on loopback.
+pub struct Nats {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let mut n = Nats { port: free_port(), child: None };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (Debian package nats-server)");
+        self.child = Some(child);
+        wait_for_port(self.port, true);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_for_port(self.port, false);
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("test client connects")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the fake LLM does for one request.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    Reply(String),
+    Status(u16, Option<u64>),
+    Malformed,
+    Empty,
+    /// Answer after this long.
+    Slow(Duration, String),
+}
+
+/// An in-process OpenAI-compatible server.
+pub struct FakeLlm {
+    pub addr: SocketAddr,
+    pub script: Arc<Mutex<VecDeque<Behavior>>>,
+    pub requests: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeLlm {
+    /// Starts on a free port; unscripted requests answer "echo: <last user message>".
+    pub async fn start() -> FakeLlm {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script: Arc<Mutex<VecDeque<Behavior>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<(Value, Option<String>)>>> = Arc::default();
+        let (s, r) = (script.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone(), r.clone()));
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        FakeLlm { addr, script, requests, task }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn push(&self, b: Behavior) {
+        self.script.lock().unwrap().push_back(b);
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn completion(text: &str) -> String {
+    json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 3}})
+    .to_string()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    script: Arc<Mutex<VecDeque<Behavior>>>,
+    requests: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let last =
+        body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
+    requests.lock().unwrap().push((body, auth));
+    let behavior = script.lock().unwrap().pop_front().unwrap_or(Behavior::Reply(format!("echo: {last}")));
+    let (status, text, retry_after) = match behavior {
+        Behavior::Reply(t) => (200, completion(&t), None),
+        Behavior::Slow(d, t) => {
+            tokio::time::sleep(d).await;
+            (200, completion(&t), None)
+        }
+        Behavior::Status(code, ra) => (code, "{\"error\":{\"message\":\"nope\"}}".to_string(), ra),
+        Behavior::Malformed => (200, "<html>not json</html>".to_string(), None),
+        Behavior::Empty => (200, "{\"choices\":[]}".to_string(), None),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    if let Some(s) = retry_after {
+        resp.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
+    }
+    Ok(resp)
+}
+
+/// The real binary, running `llm-chatbot run` with a config written to a temp dir.
+pub struct Bot {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub http_port: u16,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
+
+/// A config for the tests: instant limits so only what a test sets can silence the bot.
+pub fn config(nats: &str, llm: &str, http_port: u16, channels: &[&str], extra: &str) -> String {
+    let channels: Vec<String> = channels.iter().map(|c| format!("  - name: {c}\n")).collect();
+    format!(
+        r#"bot: {{ name: KrytenBot, aliases: [kryten] }}
+nats: {{ servers: ["{nats}"], connect_timeout: 2s }}
+kryten: {{ domain: cytu.be, service_name: llmtest }}
+http: {{ listen: "127.0.0.1:{http_port}" }}
+llm:
+  providers:
+    main: {{ base_url: "{llm}", model: test-model, api_key_env: LLMTEST_API_KEY, timeout: 2s, retries: 1 }}
+{extra}defaults:
+  limits: {{ global_cooldown: 0s, send_spacing: 0s, per_user: {{ max: 100, window: 1m }}, per_channel: {{ max: 100, window: 1m }} }}
+channels:
+{}"#,
+        channels.concat()
+    )
+}
+
+impl Bot {
+    /// Starts the bot and waits for its "ready" line.
+    pub fn start(config_text: &str, envs: &[(&str, &str)]) -> Bot {
+        let bot = Bot::spawn(config_text, envs, &[]);
+        bot.wait_for("ready", Duration::from_secs(15));
+        bot
+    }
+
+    /// Starts the bot without waiting.
+    pub fn spawn(config_text: &str, envs: &[(&str, &str)], args: &[&str]) -> Bot {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bot.yaml");
+        std::fs::write(&config, config_text).unwrap();
+        let http_port = config_text
+            .split("listen: \"127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("-c").arg(&config).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the binary starts");
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        for pipe in [
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Bot { child: Some(child), dir, config, log, http_port }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.logs());
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                // Let the reader threads catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the bot did not exit within {timeout:?}; log:\n{}", self.logs());
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A chatMsg envelope as Kryten-Robot publishes it.
+pub fn chat(channel: &str, user: &str, msg: &str, id: &str) -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    json!({"event_name": "chatMsg", "payload": {"username": user, "msg": msg, "meta": {}, "time": now + 1000},
+           "channel": channel, "domain": "cytu.be", "timestamp": "2026-01-15T10:30:00.000000+00:00", "correlation_id": id})
+    .to_string()
+    .into_bytes()
+}
+
+pub fn pm(channel: &str, user: &str, msg: &str, id: &str) -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    json!({"event_name": "pm", "payload": {"username": user, "msg": msg, "meta": {}, "time": now + 1000, "to": "KrytenBot"},
+           "channel": channel, "domain": "cytu.be", "timestamp": "2026-01-15T10:30:00.000000+00:00", "correlation_id": id})
+    .to_string()
+    .into_bytes()
+}
+
+/// Publishes an event on the subject Kryten-Robot would use.
+pub async fn publish_event(client: &async_nats::Client, channel: &str, event: &str, body: Vec<u8>) {
+    let subject = format!("kryten.events.cytube.{}.{}", channel.to_lowercase(), event.to_lowercase());
+    client.publish(subject, body.into()).await.unwrap();
+    client.flush().await.unwrap();
+}
+
+/// Collects robot commands.
+pub struct Commands {
+    sub: async_nats::Subscriber,
+}
+
+impl Commands {
+    pub async fn subscribe(client: &async_nats::Client) -> Commands {
+        let sub = client.subscribe("kryten.robot.command").await.unwrap();
+        client.flush().await.unwrap();
+        Commands { sub }
+    }
+
+    /// The next command within `timeout`, parsed.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let msg = tokio::time::timeout(timeout, self.sub.next()).await.ok()??;
+        Some(serde_json::from_slice(&msg.payload).expect("commands are JSON"))
+    }
+
+    /// Asserts nothing arrives within `quiet`.
+    pub async fn none(&mut self, quiet: Duration) {
+        if let Some(v) = self.next(quiet).await {
+            panic!("unexpected command: {v}");
+        }
+    }
+}
+
+/// GET a path on the bot's HTTP port.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("http connects");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
