@@ -225,10 +225,7 @@ fn a_mention_still_fires_when_a_keyword_is_cooling_down() {
     bot.say("a", "pizza");
     bot.say("b", "pizza, kryten?");
     assert_eq!(bot.calls().len(), 2);
-    assert_eq!(
-        bot.decisions().iter().filter(|d| d.outcome == Outcome::Fired).last().unwrap().trigger,
-        Some(Trigger::Mention)
-    );
+    assert_eq!(bot.decisions().iter().rfind(|d| d.outcome == Outcome::Fired).unwrap().trigger, Some(Trigger::Mention));
 }
 
 #[test]

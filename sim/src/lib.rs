@@ -41,6 +41,9 @@ pub enum TraceItem {
     },
 }
 
+/// An answer on its way: request, provider asked, result.
+type Pending = (RequestId, String, Result<LlmReply, LlmError>);
+
 /// Livelock guard: no single `advance_to` may take more steps than this.
 const MAX_STEPS_PER_ADVANCE: u64 = 10_000_000;
 
@@ -51,7 +54,7 @@ pub struct Sim {
     faults: Option<Faults>,
     now: Millis,
     /// Answers waiting for their virtual arrival: (time, sequence) → answer.
-    answers: BTreeMap<(Millis, u64), (RequestId, String, Result<LlmReply, LlmError>)>,
+    answers: BTreeMap<(Millis, u64), Pending>,
     /// Requests the engine cancelled; their answers are not delivered.
     cancelled: BTreeSet<RequestId>,
     seq: u64,

@@ -97,7 +97,7 @@ impl Offline {
         let h = hash(last);
         if call.purpose == Purpose::ParticipationCheck {
             // The question is always the same: decide on the conversation before it.
-            return if hash(&call.messages) % 3 == 0 { "yes".into() } else { "no".into() };
+            return if hash(&call.messages).is_multiple_of(3) { "yes".into() } else { "no".into() };
         }
         if let Some(title) = last.strip_prefix("[The video changed to: ").and_then(|r| r.split_once(']')).map(|r| r.0) {
             return pick(MEDIA, h).replace("{title}", title);

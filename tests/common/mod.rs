@@ -89,6 +89,9 @@ impl Drop for Nats {
     }
 }
 
+/// Every request the fake LLM received: its JSON body and its Authorization header.
+pub type Requests = Arc<Mutex<Vec<(Value, Option<String>)>>>;
+
 /// What the fake LLM does for one request.
 #[derive(Debug, Clone)]
 pub enum Behavior {
@@ -104,7 +107,7 @@ pub enum Behavior {
 pub struct FakeLlm {
     pub addr: SocketAddr,
     pub script: Arc<Mutex<VecDeque<Behavior>>>,
-    pub requests: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+    pub requests: Requests,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,7 +117,7 @@ impl FakeLlm {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script: Arc<Mutex<VecDeque<Behavior>>> = Arc::default();
-        let requests: Arc<Mutex<Vec<(Value, Option<String>)>>> = Arc::default();
+        let requests: Requests = Arc::default();
         let (s, r) = (script.clone(), requests.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -158,7 +161,7 @@ fn completion(text: &str) -> String {
 async fn handle(
     req: Request<Incoming>,
     script: Arc<Mutex<VecDeque<Behavior>>>,
-    requests: Arc<Mutex<Vec<(Value, Option<String>)>>>,
+    requests: Requests,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
