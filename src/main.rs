@@ -43,6 +43,18 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Capture the configured channels' Kryten events from NATS into a corpus (JSONL).
+    Record {
+        /// Configuration (its `nats` and `channels` are used).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Corpus file to append to.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Stop after this long (e.g. 30m, 1h); default: until Ctrl-C or SIGTERM.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
     /// Replay a recorded corpus through the engine and report what the bot would do.
     Replay {
         /// Corpus: one Kryten event envelope per line (JSONL), as `record` writes.
@@ -53,7 +65,8 @@ enum Command {
         /// Seed of the engine's random choices (probabilities) and of injected faults.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// LLM stand-in: `offline` (deterministic, built in) or `script:FILE` (canned replies and faults).
+        /// LLM: `offline` (deterministic, built in), `script:FILE` (canned replies and faults) or
+        /// `http` (the config's real providers; keys from the environment).
         #[arg(long, default_value = "offline", value_name = "LLM")]
         llm: String,
         /// Inject LLM faults, e.g. `timeout=0.05,error=0.02,empty=0.01,jitter=2s`.
@@ -93,15 +106,36 @@ fn main() -> ExitCode {
                 LogFormatArg::Json => chatbot_runtime::LogFormat::Json,
             };
             chatbot_runtime::init_logging(format, &log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
+                    eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             match runtime.block_on(chatbot_runtime::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Record { config, output, duration } => {
+            chatbot_runtime::init_logging(chatbot_runtime::LogFormat::Human, "info");
+            let result = tokio_runtime().and_then(|rt| {
+                rt.block_on(chatbot_runtime::record::record(&config, &output, duration)).map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(stats) => {
+                    eprintln!(
+                        "recorded {} events to {} ({} non-JSON skipped)",
+                        stats.written,
+                        output.display(),
+                        stats.skipped
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
@@ -131,6 +165,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
 struct ReplayArgs {
     corpus: PathBuf,
     config: Option<PathBuf>,
@@ -151,13 +192,44 @@ fn responder(spec: &str, config: &Config) -> Result<Box<dyn Responder>, String> 
     if spec == "offline" {
         return Ok(Box::new(offline));
     }
+    if spec == "http" {
+        return Ok(Box::new(HttpResponder::new(config)?));
+    }
     if let Some(file) = spec.strip_prefix("script:") {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: cannot read: {e}"))?;
         let mut script = Script::parse(&text, file).map_err(|e| e.to_string())?;
         script.offline = offline;
         return Ok(Box::new(script));
     }
-    Err(format!("--llm {spec}: expected `offline` or `script:FILE`"))
+    Err(format!("--llm {spec}: expected `offline`, `script:FILE` or `http`"))
+}
+
+/// `--llm http`: the config's real providers, called for real (latency is real too, so
+/// such a replay is not reproducible byte for byte).
+struct HttpResponder {
+    rt: tokio::runtime::Runtime,
+    client: chatbot_runtime::llm::LlmClient,
+}
+
+impl HttpResponder {
+    fn new(config: &Config) -> Result<HttpResponder, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        // The client's TLS connector must be built inside a runtime.
+        let client = rt
+            .block_on(async { chatbot_runtime::llm::LlmClient::new(&config.llm.providers, |v| std::env::var(v).ok()) })
+            .map_err(|e| e.to_string())?;
+        Ok(HttpResponder { rt, client })
+    }
+}
+
+impl Responder for HttpResponder {
+    fn respond(&mut self, call: &chatbot_core::LlmCall) -> chatbot_sim::Answer {
+        let outcome = self.rt.block_on(self.client.complete(&call.provider, &call.messages));
+        chatbot_sim::Answer { latency: outcome.elapsed, result: outcome.result }
+    }
 }
 
 fn replay_one(args: &ReplayArgs, config: Config) -> Result<Report, String> {

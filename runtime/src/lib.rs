@@ -10,6 +10,7 @@ pub mod kryten;
 pub mod llm;
 pub mod metrics;
 pub mod nats;
+pub mod record;
 
 pub use daemon::{load_config, run, StartError};
 

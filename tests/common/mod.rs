@@ -226,7 +226,7 @@ impl Bot {
         bot
     }
 
-    /// Starts the bot without waiting.
+    /// Starts `llm-chatbot run` without waiting.
     pub fn spawn(config_text: &str, envs: &[(&str, &str)], args: &[&str]) -> Bot {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("bot.yaml");
@@ -237,8 +237,20 @@ impl Bot {
             .and_then(|r| r.split('"').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
+        let mut all = vec!["run", "-c", config.to_str().expect("utf-8 temp path")];
+        all.extend_from_slice(args);
+        let mut bot = Bot::spawn_command(&all, envs);
+        bot.dir = dir;
+        bot.config = config;
+        bot.http_port = http_port;
+        bot
+    }
+
+    /// Starts the binary with any arguments, capturing its output.
+    pub fn spawn_command(args: &[&str], envs: &[(&str, &str)]) -> Bot {
+        let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("run").arg("-c").arg(&config).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("RUST_LOG");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -259,7 +271,8 @@ impl Bot {
                 }
             });
         }
-        Bot { child: Some(child), dir, config, log, http_port }
+        let config = dir.path().join("none.yaml");
+        Bot { child: Some(child), dir, config, log, http_port: 0 }
     }
 
     pub fn logs(&self) -> String {
