@@ -93,7 +93,13 @@ async fn nats_restart_reconnects_resubscribes_and_delivers_the_held_reply() {
     drop(client);
     nats.stop();
     bot.wait_for("nats connection lost", T);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, health) = http_get(bot.http_port, "/health").await;
+    assert_eq!(status, 200, "health answers 200 even when degraded");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["nats"]["state"], "disconnected");
+    tokio::time::sleep(Duration::from_millis(1400)).await;
     nats.restart();
     let client = nats.client().await;
     let mut commands = Commands::subscribe(&client).await;
@@ -330,4 +336,35 @@ fn a_port_in_use_exits_1() {
     let mut bot = Bot::spawn(&cfg, &[], &[]);
     assert_eq!(bot.wait_exit(T), Some(1));
     assert!(bot.logs().contains(&format!("error: http.listen: cannot listen on 127.0.0.1:{port}")), "{}", bot.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_password_auth_come_from_the_environment() {
+    for (server_args, nats_cfg, envs) in [
+        (vec!["--auth", "s3cret-token"], "token_env: NATS_TEST_TOKEN", vec![("NATS_TEST_TOKEN", "s3cret-token")]),
+        (
+            vec!["--user", "bot", "--pass", "pw-123"],
+            "user: bot, password_env: NATS_TEST_PASSWORD",
+            vec![("NATS_TEST_PASSWORD", "pw-123")],
+        ),
+    ] {
+        let nats = Nats::start_with(&server_args);
+        let llm = FakeLlm::start().await;
+        let cfg = config(&nats.url(), &llm.base_url(), free_port(), &["lounge"], "")
+            .replace("connect_timeout: 2s }", &format!("connect_timeout: 2s, {nats_cfg} }}"));
+        let bot = Bot::start(&cfg, &envs);
+        let opts = match envs[0].0 {
+            "NATS_TEST_TOKEN" => async_nats::ConnectOptions::with_token("s3cret-token".into()),
+            _ => async_nats::ConnectOptions::with_user_and_password("bot".into(), "pw-123".into()),
+        };
+        let client = opts.connect(nats.url()).await.unwrap();
+        let mut commands = Commands::subscribe(&client).await;
+        publish_event(&client, "lounge", "chatMsg", chat("lounge", "alice", "kryten?", "auth-1")).await;
+        assert!(commands.next(T).await.is_some(), "{nats_cfg}: the bot answers through an authenticated connection");
+        drop(bot);
+        // Without the secret the bot refuses to start, naming the variable.
+        let mut unset = Bot::spawn(&cfg, &[], &[]);
+        assert_eq!(unset.wait_exit(T), Some(1));
+        assert!(unset.logs().contains(&format!("environment variable {} is not set", envs[0].0)), "{}", unset.logs());
+    }
 }

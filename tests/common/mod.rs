@@ -42,11 +42,17 @@ fn wait_for_port(port: u16, up: bool) {
 pub struct Nats {
     pub port: u16,
     child: Option<Child>,
+    auth: Vec<String>,
 }
 
 impl Nats {
     pub fn start() -> Nats {
-        let mut n = Nats { port: free_port(), child: None };
+        Nats::start_with(&[])
+    }
+
+    /// Starts with extra server arguments (e.g. `--auth TOKEN`).
+    pub fn start_with(args: &[&str]) -> Nats {
+        let mut n = Nats { port: free_port(), child: None, auth: args.iter().map(|a| a.to_string()).collect() };
         n.restart();
         n
     }
@@ -59,6 +65,7 @@ impl Nats {
     pub fn restart(&mut self) {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.auth)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
