@@ -1,11 +1,11 @@
 //! The real binary against a real nats-server and an HTTP fake of an OpenAI-compatible
 //! LLM, checked at the NATS level as Kryten-Robot would see it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use chatbot_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -13,7 +13,7 @@ const T: Duration = Duration::from_secs(10);
 async fn setup(channels: &[&str], extra: &str) -> (Nats, FakeLlm, Bot, async_nats::Client, Commands) {
     let nats = Nats::start();
     let llm = FakeLlm::start().await;
-    let bot = Bot::start(&config(&nats.url(), &llm.base_url(), free_port(), channels, extra), &[]);
+    let bot = Bot::start(BIN, &config(&nats.url(), &llm.base_url(), free_port(), channels, extra), &[]);
     let client = nats.client().await;
     let commands = Commands::subscribe(&client).await;
     (nats, llm, bot, client, commands)
@@ -62,7 +62,7 @@ async fn one_channel_never_changes_another_channels_behaviour() {
     let llm = FakeLlm::start().await;
     let cfg = config(&nats.url(), &llm.base_url(), free_port(), &["alpha", "beta"], extra)
         .replace("  - name: beta\n", "  - name: beta\n    limits: { per_channel: { max: 1, window: 10m } }\n");
-    let _bot = Bot::start(&cfg, &[]);
+    let _bot = Bot::start(BIN, &cfg, &[]);
     let client = nats.client().await;
     let mut commands = Commands::subscribe(&client).await;
     // Exhaust beta's limit, and flood it with chatter.
@@ -171,7 +171,7 @@ channels: [ {{ name: lounge }} ]
         nats.url(),
         free_port()
     );
-    let _bot = Bot::start(&cfg, &[]);
+    let _bot = Bot::start(BIN, &cfg, &[]);
     let client = nats.client().await;
     let mut commands = Commands::subscribe(&client).await;
     publish_event(&client, "lounge", "chatMsg", chat("lounge", "alice", "KrytenBot?", "x-1")).await;
@@ -269,6 +269,7 @@ async fn the_api_key_never_appears_in_any_output_even_at_trace() {
     let llm = FakeLlm::start().await;
     let secret = "sk-test-7d1f0c9e5b2a4c8f";
     let mut bot = Bot::spawn(
+        BIN,
         &config(&nats.url(), &llm.base_url(), free_port(), &["lounge"], ""),
         &[("LLMTEST_API_KEY", secret), ("RUST_LOG", "trace")],
         &["--log-format", "json"],
@@ -303,7 +304,7 @@ async fn chat_text_is_logged_only_at_debug() {
 #[test]
 fn invalid_yaml_exits_1_naming_file_and_line() {
     let mut bot =
-        Bot::spawn("bot: { name: B }\nchannels:\n  - name: a\n    limits: { per_user: { max: 0 } }\n", &[], &[]);
+        Bot::spawn(BIN, "bot: { name: B }\nchannels:\n  - name: a\n    limits: { per_user: { max: 0 } }\n", &[], &[]);
     assert_eq!(bot.wait_exit(T), Some(1));
     let logs = bot.logs();
     assert!(logs.contains("bot.yaml:4:"), "{logs}");
@@ -317,7 +318,7 @@ fn unreachable_nats_exits_1_with_a_clear_line() {
         "bot: {{ name: B }}\nnats: {{ servers: [\"nats://127.0.0.1:{port}\"], connect_timeout: 1s }}\nhttp: {{ listen: \"127.0.0.1:{}\" }}\nllm: {{ providers: {{ main: {{ base_url: \"http://127.0.0.1:1/v1\", model: m }} }} }}\nchannels: [ {{ name: a }} ]\n",
         free_port()
     );
-    let mut bot = Bot::spawn(&cfg, &[], &[]);
+    let mut bot = Bot::spawn(BIN, &cfg, &[], &[]);
     assert_eq!(bot.wait_exit(T), Some(1));
     assert!(
         bot.logs().contains(&format!("error: cannot connect to NATS at nats://127.0.0.1:{port} within 1s")),
@@ -333,7 +334,7 @@ fn a_port_in_use_exits_1() {
     let cfg = format!(
         "bot: {{ name: B }}\nhttp: {{ listen: \"127.0.0.1:{port}\" }}\nllm: {{ providers: {{ main: {{ base_url: \"http://127.0.0.1:1/v1\", model: m }} }} }}\nchannels: [ {{ name: a }} ]\n"
     );
-    let mut bot = Bot::spawn(&cfg, &[], &[]);
+    let mut bot = Bot::spawn(BIN, &cfg, &[], &[]);
     assert_eq!(bot.wait_exit(T), Some(1));
     assert!(bot.logs().contains(&format!("error: http.listen: cannot listen on 127.0.0.1:{port}")), "{}", bot.logs());
 }
@@ -352,7 +353,7 @@ async fn token_and_password_auth_come_from_the_environment() {
         let llm = FakeLlm::start().await;
         let cfg = config(&nats.url(), &llm.base_url(), free_port(), &["lounge"], "")
             .replace("connect_timeout: 2s }", &format!("connect_timeout: 2s, {nats_cfg} }}"));
-        let bot = Bot::start(&cfg, &envs);
+        let bot = Bot::start(BIN, &cfg, &envs);
         let opts = match envs[0].0 {
             "NATS_TEST_TOKEN" => async_nats::ConnectOptions::with_token("s3cret-token".into()),
             _ => async_nats::ConnectOptions::with_user_and_password("bot".into(), "pw-123".into()),
@@ -363,7 +364,7 @@ async fn token_and_password_auth_come_from_the_environment() {
         assert!(commands.next(T).await.is_some(), "{nats_cfg}: the bot answers through an authenticated connection");
         drop(bot);
         // Without the secret the bot refuses to start, naming the variable.
-        let mut unset = Bot::spawn(&cfg, &[], &[]);
+        let mut unset = Bot::spawn(BIN, &cfg, &[], &[]);
         assert_eq!(unset.wait_exit(T), Some(1));
         assert!(unset.logs().contains(&format!("environment variable {} is not set", envs[0].0)), "{}", unset.logs());
     }

@@ -1,12 +1,12 @@
 //! `record` captures what Kryten publishes; `replay` reads it back, offline or against a
 //! real (here: fake, over HTTP) provider.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use chatbot_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
 use serde_json::Value;
 
 const FIXTURE: &str = include_str!("../core/tests/fixtures/kryten-robot-1.12.6-session.jsonl");
@@ -26,7 +26,7 @@ async fn a_recording_replays_with_every_event_it_received() {
     std::fs::write(&cfg_path, config(&nats.url(), "http://127.0.0.1:1/v1", free_port(), &["lounge"], "")).unwrap();
 
     let mut recorder =
-        Bot::spawn_command(&["record", "-c", cfg_path.to_str().unwrap(), "-o", corpus.to_str().unwrap()], &[]);
+        Bot::spawn_command(BIN, &["record", "-c", cfg_path.to_str().unwrap(), "-o", corpus.to_str().unwrap()], &[]);
     recorder.wait_for("recording", Duration::from_secs(10));
     let client = nats.client().await;
     let lines: Vec<&str> = FIXTURE.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -1,8 +1,7 @@
-//! Real parts for end-to-end tests: a `nats-server` on a free loopback port, an
-//! in-process OpenAI-compatible server whose answers a test scripts, and the real
-//! `llm-chatbot` binary. Everything is started by the test and stopped on drop; every
-//! wait is bounded.
-#![allow(dead_code)]
+//! Real parts for end-to-end tests and benchmarks: a `nats-server` on a free loopback
+//! port, an in-process OpenAI-compatible server whose answers a test scripts, and the
+//! real `llm-chatbot` binary. Everything is started by its owner and stopped on drop;
+//! every wait is bounded.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -204,8 +203,6 @@ pub struct Bot {
     pub http_port: u16,
 }
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
-
 /// A config for the tests: instant limits so only what a test sets can silence the bot.
 pub fn config(nats: &str, llm: &str, http_port: u16, channels: &[&str], extra: &str) -> String {
     let channels: Vec<String> = channels.iter().map(|c| format!("  - name: {c}\n")).collect();
@@ -226,15 +223,15 @@ channels:
 }
 
 impl Bot {
-    /// Starts the bot and waits for its "ready" line.
-    pub fn start(config_text: &str, envs: &[(&str, &str)]) -> Bot {
-        let bot = Bot::spawn(config_text, envs, &[]);
+    /// Starts the bot (the binary at `bin`) and waits for its "ready" line.
+    pub fn start(bin: &str, config_text: &str, envs: &[(&str, &str)]) -> Bot {
+        let bot = Bot::spawn(bin, config_text, envs, &[]);
         bot.wait_for("ready", Duration::from_secs(15));
         bot
     }
 
     /// Starts `llm-chatbot run` without waiting.
-    pub fn spawn(config_text: &str, envs: &[(&str, &str)], args: &[&str]) -> Bot {
+    pub fn spawn(bin: &str, config_text: &str, envs: &[(&str, &str)], args: &[&str]) -> Bot {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("bot.yaml");
         std::fs::write(&config, config_text).unwrap();
@@ -246,7 +243,7 @@ impl Bot {
             .unwrap_or(0);
         let mut all = vec!["run", "-c", config.to_str().expect("utf-8 temp path")];
         all.extend_from_slice(args);
-        let mut bot = Bot::spawn_command(&all, envs);
+        let mut bot = Bot::spawn_command(bin, &all, envs);
         bot.dir = dir;
         bot.config = config;
         bot.http_port = http_port;
@@ -254,9 +251,9 @@ impl Bot {
     }
 
     /// Starts the binary with any arguments, capturing its output.
-    pub fn spawn_command(args: &[&str], envs: &[(&str, &str)]) -> Bot {
+    pub fn spawn_command(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Bot {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("RUST_LOG");
         for (k, v) in envs {
@@ -300,6 +297,11 @@ impl Bot {
 
     pub fn count(&self, needle: &str) -> usize {
         self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn signal(&self, sig: &str) {
