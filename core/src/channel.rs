@@ -42,6 +42,28 @@ const MAX_EVENT_KINDS: usize = 64;
 /// a request by itself.
 const DEADLINE_SLACK: Duration = Duration::from_secs(10);
 
+/// A channel's compiled patterns, shared by every channel with the same settings: regexes
+/// are the largest part of a channel's memory, and most channels share `defaults`.
+pub(crate) type Compiled = (Arc<Matcher>, Arc<Rules>);
+
+/// Compiles patterns once per distinct (keywords, response rules) in a config.
+#[derive(Default)]
+pub(crate) struct CompileCache {
+    entries: Vec<(Vec<crate::config::KeywordConfig>, crate::config::ResponseConfig, Compiled)>,
+}
+
+impl CompileCache {
+    pub fn get(&mut self, bot: &BotConfig, cfg: &ChannelConfig) -> Compiled {
+        let (kw, resp) = (&cfg.triggers.keywords, &cfg.response);
+        if let Some((_, _, c)) = self.entries.iter().find(|(k, r, _)| k == kw && r == resp) {
+            return c.clone();
+        }
+        let compiled = (Arc::new(Matcher::new(bot, kw)), Arc::new(Rules::new(resp, bot)));
+        self.entries.push((kw.clone(), resp.clone(), compiled.clone()));
+        compiled
+    }
+}
+
 /// What a channel needs from the engine for one step.
 pub(crate) struct Env<'a> {
     pub now: Millis,
@@ -141,8 +163,8 @@ fn key_of(parts: impl Hash) -> u64 {
 pub(crate) struct Channel {
     pub slot: u32,
     pub cfg: ChannelConfig,
-    matcher: Matcher,
-    rules: Rules,
+    matcher: Arc<Matcher>,
+    rules: Arc<Rules>,
     rng: ChaCha8Rng,
     seq: u32,
     context: Context,
@@ -166,12 +188,12 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    pub fn new(slot: u32, cfg: ChannelConfig, bot: &BotConfig, seed: u64, now: Millis, timers: &mut Timers) -> Channel {
+    pub fn new(slot: u32, cfg: ChannelConfig, compiled: Compiled, seed: u64, now: Millis, timers: &mut Timers) -> Channel {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ key_of(cfg.name.to_ascii_lowercase()));
         let ch = Channel {
             slot,
-            matcher: Matcher::new(bot, &cfg.triggers.keywords),
-            rules: Rules::new(&cfg.response, bot),
+            matcher: compiled.0,
+            rules: compiled.1,
             rng,
             seq: 0,
             context: Context::new(cfg.context.max_messages, cfg.context.max_age),
@@ -199,9 +221,8 @@ impl Channel {
     }
 
     /// Applies a reloaded config, keeping context, limits and queues.
-    pub fn reconfigure(&mut self, cfg: ChannelConfig, bot: &BotConfig, now: Millis, timers: &mut Timers) {
-        self.matcher = Matcher::new(bot, &cfg.triggers.keywords);
-        self.rules = Rules::new(&cfg.response, bot);
+    pub fn reconfigure(&mut self, cfg: ChannelConfig, compiled: Compiled, now: Millis, timers: &mut Timers) {
+        (self.matcher, self.rules) = compiled;
         self.context.resize(cfg.context.max_messages, cfg.context.max_age);
         for t in self.pm_threads.values_mut() {
             t.resize(cfg.context.max_messages, cfg.context.max_age);

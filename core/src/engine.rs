@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::channel::{Channel, ChannelStats, ChannelStatus, Env};
+use crate::channel::{Channel, ChannelStats, ChannelStatus, CompileCache, Env};
 use crate::config::Config;
 use crate::contract::{Decision, Effect, Input, Outcome, Reason};
 use crate::event::{self, Event};
@@ -232,19 +232,21 @@ impl Engine {
     /// (their requests cancelled), added ones start empty.
     fn apply_config(&mut self, config: Config) {
         let mut keep: HashMap<String, u32> = HashMap::new();
+        let mut cache = CompileCache::default();
         for cc in &config.channels {
+            let compiled = cache.get(&config.bot, cc);
             let key = cc.name.to_ascii_lowercase();
             let slot = match self.slots.get(&key) {
                 Some(&slot) => {
                     if let Some(ch) = self.channels.get_mut(&slot) {
-                        ch.reconfigure(cc.clone(), &config.bot, self.now, &mut self.timers);
+                        ch.reconfigure(cc.clone(), compiled, self.now, &mut self.timers);
                     }
                     slot
                 }
                 None => {
                     let slot = self.next_slot;
                     self.next_slot += 1;
-                    let ch = Channel::new(slot, cc.clone(), &config.bot, self.seed, self.now, &mut self.timers);
+                    let ch = Channel::new(slot, cc.clone(), compiled, self.seed, self.now, &mut self.timers);
                     self.channels.insert(slot, ch);
                     slot
                 }

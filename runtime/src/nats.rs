@@ -62,7 +62,12 @@ async fn options(
         .name(name)
         .max_reconnects(None)
         .connection_timeout(cfg.connect_timeout.clamp(Duration::from_millis(200), Duration::from_secs(5)))
-        .reconnect_delay_callback(|attempts| Duration::from_millis((100u64 << attempts.min(6)).min(5_000)))
+        // async-nats asks for a delay before every attempt, the first one included: try
+        // at once, then back off exponentially up to 5 s.
+        .reconnect_delay_callback(|attempts| match attempts {
+            0 | 1 => Duration::ZERO,
+            n => Duration::from_millis((50u64 << (n - 1).min(7)).min(5_000)),
+        })
         .event_callback(move |event| {
             let state = state.clone();
             async move {
