@@ -44,8 +44,10 @@ fn channels(n: usize) -> Vec<String> {
 
 fn bot_config(nats: &Nats, llm: &FakeLlm, names: &[String]) -> String {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    config(&nats.url(), &llm.base_url(), free_port(), &refs, "")
-        .replace("per_user: { max: 100, window: 1m }, per_channel: { max: 100, window: 1m }", "per_user: { max: 1000000, window: 1m }, per_channel: { max: 1000000, window: 1m }, max_in_flight: 1000")
+    config(&nats.url(), &llm.base_url(), free_port(), &refs, "").replace(
+        "per_user: { max: 100, window: 1m }, per_channel: { max: 100, window: 1m }",
+        "per_user: { max: 1000000, window: 1m }, per_channel: { max: 1000000, window: 1m }, max_in_flight: 1000",
+    )
 }
 
 fn chat(channel: &str, user: &str, msg: &str, id: u64) -> Vec<u8> {
@@ -170,9 +172,17 @@ async fn ingest(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
                 let token = format!("r{rate}m{mention}");
                 let ch = &names[(mention as usize) % n_channels];
                 let t = Instant::now();
-                client.publish(format!("kryten.events.cytube.{ch}.chatmsg"), chat(ch, &format!("asker{mention}"), &format!("kryten {token}"), rate * 1_000 + mention).into()).await.unwrap();
+                client
+                    .publish(
+                        format!("kryten.events.cytube.{ch}.chatmsg"),
+                        chat(ch, &format!("asker{mention}"), &format!("kryten {token}"), rate * 1_000 + mention).into(),
+                    )
+                    .await
+                    .unwrap();
                 client.flush().await.unwrap();
-                let ms = wait_token(&seen, &token, Duration::from_millis(500)).await.map_or(f64::INFINITY, |at| at.duration_since(t).as_secs_f64() * 1000.0);
+                let ms = wait_token(&seen, &token, Duration::from_millis(500))
+                    .await
+                    .map_or(f64::INFINITY, |at| at.duration_since(t).as_secs_f64() * 1000.0);
                 worst = worst.max(ms);
                 next_mention = Instant::now() + Duration::from_millis(100);
             }
@@ -206,7 +216,13 @@ async fn memory(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
     for line in 0..50u64 {
         for (c, ch) in names.iter().enumerate() {
             let text = format!("line {line} of a fairly ordinary chat message in channel {c}, nothing special");
-            client.publish(format!("kryten.events.cytube.{ch}.chatmsg"), chat(ch, &format!("u{}", line % 7), &text, line * 10_000 + c as u64).into()).await.unwrap();
+            client
+                .publish(
+                    format!("kryten.events.cytube.{ch}.chatmsg"),
+                    chat(ch, &format!("u{}", line % 7), &text, line * 10_000 + c as u64).into(),
+                )
+                .await
+                .unwrap();
         }
         client.flush().await.unwrap();
     }
@@ -257,7 +273,11 @@ mod http_get_loop {
                         if let Some(h) = text.find("\r\n\r\n") {
                             let len: usize = text[..h]
                                 .lines()
-                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap_or(0))
+                                })
                                 .unwrap_or(0);
                             if got >= h + 4 + len {
                                 break;
@@ -327,22 +347,46 @@ async fn main() {
     std::fs::write("bench/results/latest.json", serde_json::to_string_pretty(&results).unwrap()).unwrap();
     let mut md = String::from("| what | llm-chatbot |\n|---|---|\n");
     let mut row = |k: &str, v: String| md.push_str(&format!("| {k} | {v} |\n"));
-    row("start → subscribed (10 channels)", format!("{:.1} ms", results["start_to_ready_ms"].as_f64().unwrap_or(f64::NAN)));
+    row(
+        "start → subscribed (10 channels)",
+        format!("{:.1} ms", results["start_to_ready_ms"].as_f64().unwrap_or(f64::NAN)),
+    );
     row(
         "mention → `say`, instant LLM (1,000 mentions)",
-        format!("p50 {:.2} ms, p99 {:.2} ms", results["mention_to_say"]["p50_ms"].as_f64().unwrap_or(f64::NAN), results["mention_to_say"]["p99_ms"].as_f64().unwrap_or(f64::NAN)),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            results["mention_to_say"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            results["mention_to_say"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
+        ),
     );
     for r in &ingest_rows {
-        row(&format!("ordinary chat over {} channels, mentions < 10 ms", r["channels"]), format!("{} events/s", r["max_rate_with_mentions_under_10ms"]));
+        row(
+            &format!("ordinary chat over {} channels, mentions < 10 ms", r["channels"]),
+            format!("{} events/s", r["max_rate_with_mentions_under_10ms"]),
+        );
     }
     for r in &memory_rows {
-        row(&format!("RSS, {} channels idle / full context", r["channels"]), format!("{:.1} / {:.1} MiB", r["idle_mib"].as_f64().unwrap_or(0.0), r["full_context_mib"].as_f64().unwrap_or(0.0)));
+        row(
+            &format!("RSS, {} channels idle / full context", r["channels"]),
+            format!(
+                "{:.1} / {:.1} MiB",
+                r["idle_mib"].as_f64().unwrap_or(0.0),
+                r["full_context_mib"].as_f64().unwrap_or(0.0)
+            ),
+        );
     }
     row(
         "/health, one keep-alive connection",
-        format!("{} rps, p99 {:.3} ms", results["health_one_connection"]["rps"], results["health_one_connection"]["p99_ms"].as_f64().unwrap_or(f64::NAN)),
+        format!(
+            "{} rps, p99 {:.3} ms",
+            results["health_one_connection"]["rps"],
+            results["health_one_connection"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
+        ),
     );
-    row("SIGTERM → exit when idle", format!("{:.1} ms", results["sigterm_to_exit_idle_ms"].as_f64().unwrap_or(f64::NAN)));
+    row(
+        "SIGTERM → exit when idle",
+        format!("{:.1} ms", results["sigterm_to_exit_idle_ms"].as_f64().unwrap_or(f64::NAN)),
+    );
     std::fs::write("bench/results/latest.md", &md).unwrap();
     println!("{md}");
 }

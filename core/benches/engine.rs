@@ -43,15 +43,11 @@ fn drain(engine: &mut Engine) -> usize {
     n
 }
 
-/// Ordinary chat that triggers nothing: parse, decode, dedupe, context push.
-#[divan::bench]
-fn ordinary_chat(bencher: Bencher) {
-    let inputs: Vec<Input> = (0..BATCH)
-        .map(|i| chat("ch0", &format!("user{}", i % 40), "is this the 3 &lt; 4 channel? nice weather today", i))
-        .collect();
+/// Feeds a batch (one input per millisecond) to a fresh engine for `cfg`.
+fn feed_batch(bencher: Bencher, cfg: Config, inputs: Vec<Input>) {
     bencher
-        .counter(ItemsCount::new(BATCH))
-        .with_inputs(|| (Engine::new(config(1), 1, Millis(T0)), inputs.clone()))
+        .counter(ItemsCount::new(inputs.len()))
+        .with_inputs(|| (Engine::new(cfg.clone(), 1, Millis(T0)), inputs.clone()))
         .bench_local_values(|(mut engine, inputs)| {
             for (i, input) in inputs.into_iter().enumerate() {
                 engine.handle(Millis(T0 + i as u64), input);
@@ -59,6 +55,15 @@ fn ordinary_chat(bencher: Bencher) {
             }
             engine
         });
+}
+
+/// Ordinary chat that triggers nothing: parse, decode, dedupe, context push.
+#[divan::bench]
+fn ordinary_chat(bencher: Bencher) {
+    let inputs: Vec<Input> = (0..BATCH)
+        .map(|i| chat("ch0", &format!("user{}", i % 40), "is this the 3 &lt; 4 channel? nice weather today", i))
+        .collect();
+    feed_batch(bencher, config(1), inputs);
 }
 
 /// A mention through to the published reply: event → LLM call → answer → `say`.
@@ -97,17 +102,7 @@ fn thousand_channel_mix(bencher: Bencher) {
     let names: Vec<String> = (0..1000).map(|i| format!("ch{i}")).collect();
     let inputs: Vec<Input> =
         (0..BATCH).map(|i| chat(&names[(i * 7919) % 1000], &format!("user{}", i % 97), "lol same here", i)).collect();
-    let cfg = config(1000);
-    bencher
-        .counter(ItemsCount::new(BATCH))
-        .with_inputs(|| (Engine::new(cfg.clone(), 1, Millis(T0)), inputs.clone()))
-        .bench_local_values(|(mut engine, inputs)| {
-            for (i, input) in inputs.into_iter().enumerate() {
-                engine.handle(Millis(T0 + i as u64), input);
-                drain(&mut engine);
-            }
-            engine
-        });
+    feed_batch(bencher, config(1000), inputs);
 }
 
 /// Context push with expiry at every step (the window is full and sliding).
@@ -115,15 +110,22 @@ fn thousand_channel_mix(bencher: Bencher) {
 fn context_push_and_expire(bencher: Bencher) {
     use chatbot_core::context::{ChatLine, Context};
     let user: std::sync::Arc<str> = "alice".into();
-    bencher.counter(ItemsCount::new(BATCH)).with_inputs(|| Context::new(50, std::time::Duration::from_secs(60))).bench_local_values(
-        |mut ctx| {
+    bencher
+        .counter(ItemsCount::new(BATCH))
+        .with_inputs(|| Context::new(50, std::time::Duration::from_secs(60)))
+        .bench_local_values(|mut ctx| {
             for i in 0..BATCH as u64 {
                 ctx.expire(Millis(T0 + i * 100));
-                ctx.push(ChatLine { at: Millis(T0 + i * 100), user: user.clone(), text: String::new(), own: false, action: false });
+                ctx.push(ChatLine {
+                    at: Millis(T0 + i * 100),
+                    user: user.clone(),
+                    text: String::new(),
+                    own: false,
+                    action: false,
+                });
             }
             ctx
-        },
-    );
+        });
 }
 
 /// Cleaning a 2 KB markdown-heavy reply down to one CyTube line.

@@ -188,7 +188,14 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    pub fn new(slot: u32, cfg: ChannelConfig, compiled: Compiled, seed: u64, now: Millis, timers: &mut Timers) -> Channel {
+    pub fn new(
+        slot: u32,
+        cfg: ChannelConfig,
+        compiled: Compiled,
+        seed: u64,
+        now: Millis,
+        timers: &mut Timers,
+    ) -> Channel {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ key_of(cfg.name.to_ascii_lowercase()));
         let ch = Channel {
             slot,
@@ -285,6 +292,11 @@ impl Channel {
         }));
     }
 
+    /// An `ignored` decision: the event is not considered at all.
+    fn ignore(&self, env: &mut Env, cid: Option<&str>, user: Option<&str>, trigger: Option<Trigger>, reason: Reason) {
+        self.decide(env, cid, user, trigger, Outcome::Ignored, Some(reason));
+    }
+
     /// Records the event's identity; false (and an `ignored` decision) for a repeat.
     pub fn first_sighting(&mut self, env: &mut Env, correlation_id: Option<&str>, msg: Option<&Message>) -> bool {
         let by_id = correlation_id.map(|c| key_of(("id", c)));
@@ -294,14 +306,7 @@ impl Channel {
             fresh &= self.seen.insert(key);
         }
         if !fresh {
-            self.decide(
-                env,
-                correlation_id,
-                msg.map(|m| m.user.as_str()),
-                None,
-                Outcome::Ignored,
-                Some(Reason::DuplicateEvent),
-            );
+            self.ignore(env, correlation_id, msg.map(|m| m.user.as_str()), None, Reason::DuplicateEvent);
         }
         fresh
     }
@@ -323,19 +328,19 @@ impl Channel {
     pub fn on_chat(&mut self, env: &mut Env, msg: Message, correlation_id: Option<&str>) {
         let cid = correlation_id;
         if msg.user == "[server]" {
-            return self.decide(env, cid, None, None, Outcome::Ignored, Some(Reason::ServerMessage));
+            return self.ignore(env, cid, None, None, Reason::ServerMessage);
         }
         let at = msg.time.map_or(env.now, |t| t.min(env.now));
         self.context.expire(env.now);
         if Self::is_bot(env, &msg.user) {
             self.context.push(Self::line(at, &msg, true));
-            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::OwnMessage));
+            return self.ignore(env, cid, Some(&msg.user), None, Reason::OwnMessage);
         }
         if msg.shadow {
-            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::ShadowMuted));
+            return self.ignore(env, cid, Some(&msg.user), None, Reason::ShadowMuted);
         }
         if self.is_ignored_user(&msg.user) {
-            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::IgnoredUser));
+            return self.ignore(env, cid, Some(&msg.user), None, Reason::IgnoredUser);
         }
         // The join backlog is real conversation: remember it, but never answer it.
         let backlog = msg.time.is_some_and(|t| t < env.start);
@@ -343,7 +348,7 @@ impl Channel {
             if msg.time.is_some_and(|t| t >= env.now.before(self.cfg.context.max_age)) {
                 self.context.push(Self::line(at, &msg, false));
             }
-            return self.decide(env, cid, Some(&msg.user), None, Outcome::Ignored, Some(Reason::Backlog));
+            return self.ignore(env, cid, Some(&msg.user), None, Reason::Backlog);
         }
         self.context.push(Self::line(at, &msg, false));
         self.new_lines = self.new_lines.saturating_add(1);
@@ -380,42 +385,21 @@ impl Channel {
     pub fn on_pm(&mut self, env: &mut Env, msg: Message, to: &str, correlation_id: Option<&str>) {
         let cid = correlation_id;
         if msg.user == "[server]" {
-            return self.decide(env, cid, None, Some(Trigger::Pm), Outcome::Ignored, Some(Reason::ServerMessage));
+            return self.ignore(env, cid, None, Some(Trigger::Pm), Reason::ServerMessage);
         }
         if Self::is_bot(env, &msg.user) {
             let thread = self.pm_thread(env.now, &to.to_lowercase());
             thread.push(Self::line(env.now, &msg, true));
-            return self.decide(
-                env,
-                cid,
-                Some(&msg.user),
-                Some(Trigger::Pm),
-                Outcome::Ignored,
-                Some(Reason::OwnMessage),
-            );
+            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::OwnMessage);
         }
         if !Self::is_bot(env, to) {
-            return self.decide(
-                env,
-                cid,
-                Some(&msg.user),
-                Some(Trigger::Pm),
-                Outcome::Ignored,
-                Some(Reason::NotForBot),
-            );
+            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::NotForBot);
         }
         if self.is_ignored_user(&msg.user) {
-            return self.decide(
-                env,
-                cid,
-                Some(&msg.user),
-                Some(Trigger::Pm),
-                Outcome::Ignored,
-                Some(Reason::IgnoredUser),
-            );
+            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::IgnoredUser);
         }
         if msg.time.is_some_and(|t| t < env.start) {
-            return self.decide(env, cid, Some(&msg.user), Some(Trigger::Pm), Outcome::Ignored, Some(Reason::Backlog));
+            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::Backlog);
         }
         let user_lc = msg.user.to_lowercase();
         let now = env.now;
@@ -442,10 +426,10 @@ impl Channel {
         }
         let trigger = Some(Trigger::MediaChange);
         if repeat {
-            return self.decide(env, correlation_id, None, trigger, Outcome::Ignored, Some(Reason::DuplicateMedia));
+            return self.ignore(env, correlation_id, None, trigger, Reason::DuplicateMedia);
         }
         if !fresh {
-            return self.decide(env, correlation_id, None, trigger, Outcome::Ignored, Some(Reason::MediaResync));
+            return self.ignore(env, correlation_id, None, trigger, Reason::MediaResync);
         }
         let ask = Ask {
             trigger: Trigger::MediaChange,

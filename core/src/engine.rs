@@ -14,6 +14,24 @@ use crate::event::{self, Event};
 use crate::time::Millis;
 use crate::timer::{TimerKey, Timers};
 
+/// The step context a channel works in, borrowed field by field from the engine (so a
+/// channel can be borrowed mutably at the same time).
+macro_rules! env {
+    ($e:ident) => {
+        Env {
+            now: $e.now,
+            start: $e.start,
+            bot: &$e.config.bot,
+            llm: &$e.config.llm,
+            shutting_down: $e.shutting_down,
+            connected: $e.connected,
+            outbound_queue: $e.config.nats.outbound_queue,
+            out: &mut $e.effects,
+            timers: &mut $e.timers,
+        }
+    };
+}
+
 /// The bot's decision logic for every configured channel.
 pub struct Engine {
     config: Config,
@@ -134,17 +152,7 @@ impl Engine {
 
     fn with_channel(&mut self, slot: u32, f: impl FnOnce(&mut Channel, &mut Env)) {
         let Some(ch) = self.channels.get_mut(&slot) else { return };
-        let mut env = Env {
-            now: self.now,
-            start: self.start,
-            bot: &self.config.bot,
-            llm: &self.config.llm,
-            shutting_down: self.shutting_down,
-            connected: self.connected,
-            outbound_queue: self.config.nats.outbound_queue,
-            out: &mut self.effects,
-            timers: &mut self.timers,
-        };
+        let mut env = env!(self);
         f(ch, &mut env);
     }
 
@@ -258,17 +266,7 @@ impl Engine {
         self.config = config;
         for slot in removed {
             if let Some(ch) = self.channels.remove(&slot) {
-                let mut env = Env {
-                    now: self.now,
-                    start: self.start,
-                    bot: &self.config.bot,
-                    llm: &self.config.llm,
-                    shutting_down: self.shutting_down,
-                    connected: self.connected,
-                    outbound_queue: self.config.nats.outbound_queue,
-                    out: &mut self.effects,
-                    timers: &mut self.timers,
-                };
+                let mut env = env!(self);
                 ch.remove(&mut env);
             }
         }

@@ -116,11 +116,8 @@ impl LlmClient {
     ) -> Result<LlmClient, ClientError> {
         // Mozilla's roots, compiled in: no file I/O at start-up (loading the system store
         // took ~200 ms here, most of the time to "ready").
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let https =
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
         let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
         let mut out = BTreeMap::new();
         for (name, cfg) in providers {
