@@ -292,6 +292,11 @@ impl Channel {
         }));
     }
 
+    /// A decision of the contextual trigger (no user, no event).
+    fn contextual(&self, env: &mut Env, outcome: Outcome, reason: Reason) {
+        self.decide(env, None, None, Some(Trigger::Contextual), outcome, Some(reason));
+    }
+
     /// An `ignored` decision: the event is not considered at all.
     fn ignore(&self, env: &mut Env, cid: Option<&str>, user: Option<&str>, trigger: Option<Trigger>, reason: Reason) {
         self.decide(env, cid, user, trigger, Outcome::Ignored, Some(reason));
@@ -464,14 +469,7 @@ impl Channel {
         }
         let c = &self.cfg.triggers.contextual;
         if self.new_lines < c.min_new_messages.max(1) {
-            return self.decide(
-                env,
-                None,
-                None,
-                Some(Trigger::Contextual),
-                Outcome::Suppressed,
-                Some(Reason::NotEnoughNewMessages),
-            );
+            return self.contextual(env, Outcome::Suppressed, Reason::NotEnoughNewMessages);
         }
         self.new_lines = 0;
         let ask = Ask {
@@ -712,7 +710,7 @@ impl Channel {
                     // The check itself passed the limits; the reply must pass them again.
                     match self.check_limits(env.now, Trigger::Contextual, None) {
                         Err(reason) => {
-                            self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Suppressed, Some(reason));
+                            self.contextual(env, Outcome::Suppressed, reason);
                         }
                         Ok(()) => {
                             self.reserve(None);
@@ -731,18 +729,11 @@ impl Channel {
                         }
                     }
                 } else {
-                    self.decide(
-                        env,
-                        None,
-                        None,
-                        Some(Trigger::Contextual),
-                        Outcome::Suppressed,
-                        Some(Reason::DeclinedToJoin),
-                    );
+                    self.contextual(env, Outcome::Suppressed, Reason::DeclinedToJoin);
                 }
             }
             (Purpose::ParticipationCheck, Err(e)) => {
-                self.decide(env, None, None, Some(Trigger::Contextual), Outcome::Dropped, Some(Reason::LlmFailed(e)));
+                self.contextual(env, Outcome::Dropped, Reason::LlmFailed(e));
             }
             (Purpose::Reply, Ok(reply)) => match self.rules.process(&reply.text, &self.recent) {
                 Ok(parts) => self.enqueue(env, &pending, parts, None),
