@@ -197,6 +197,7 @@ async fn handle(
 /// The real binary, running `llm-chatbot run` with a config written to a temp dir.
 pub struct Bot {
     child: Option<Child>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -261,6 +262,7 @@ impl Bot {
         }
         let mut child = cmd.spawn().expect("the binary starts");
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut readers = Vec::new();
         for pipe in [
             child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
             child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
@@ -269,14 +271,14 @@ impl Bot {
         .flatten()
         {
             let log = log.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     log.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let config = dir.path().join("none.yaml");
-        Bot { child: Some(child), dir, config, log, http_port: 0 }
+        Bot { child: Some(child), readers, dir, config, log, http_port: 0 }
     }
 
     pub fn logs(&self) -> String {
@@ -317,11 +319,13 @@ impl Bot {
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                // Let the reader threads catch the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // The pipes are closed: the readers end after the last lines.
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
                 return status.code();
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
         panic!("the bot did not exit within {timeout:?}; log:\n{}", self.logs());
     }
