@@ -132,7 +132,7 @@ fn context_push_and_expire(bencher: Bencher) {
 #[divan::bench]
 fn process_2kb_reply(bencher: Bencher) {
     let cfg = config(1);
-    let rules = Rules::new(&cfg.channels[0].response, &cfg.bot);
+    let rules = Rules::new(&cfg.channels[0].response, &cfg.bot, &cfg.channels[0].system_prompt);
     let recent = Recent::default();
     let mut raw = String::from("KrytenBot: **Sure!** Here is what I think:\n\n");
     while raw.len() < 2048 {

@@ -49,17 +49,19 @@ pub(crate) type Compiled = (Arc<Matcher>, Arc<Rules>);
 /// Compiles patterns once per distinct (keywords, response rules) in a config.
 #[derive(Default)]
 pub(crate) struct CompileCache {
-    entries: Vec<(Vec<crate::config::KeywordConfig>, crate::config::ResponseConfig, Compiled)>,
+    entries: Vec<(Vec<crate::config::KeywordConfig>, crate::config::ResponseConfig, String, Compiled)>,
 }
 
 impl CompileCache {
     pub fn get(&mut self, bot: &BotConfig, cfg: &ChannelConfig) -> Compiled {
         let (kw, resp) = (&cfg.triggers.keywords, &cfg.response);
-        if let Some((_, _, c)) = self.entries.iter().find(|(k, r, _)| k == kw && r == resp) {
+        if let Some((_, _, _, c)) =
+            self.entries.iter().find(|(k, r, p, _)| k == kw && r == resp && *p == cfg.system_prompt)
+        {
             return c.clone();
         }
-        let compiled = (Arc::new(Matcher::new(bot, kw)), Arc::new(Rules::new(resp, bot)));
-        self.entries.push((kw.clone(), resp.clone(), compiled.clone()));
+        let compiled = (Arc::new(Matcher::new(bot, kw)), Arc::new(Rules::new(resp, bot, &cfg.system_prompt)));
+        self.entries.push((kw.clone(), resp.clone(), cfg.system_prompt.clone(), compiled.clone()));
         compiled
     }
 }
@@ -377,7 +379,11 @@ impl Channel {
                 correlation_id: cid,
                 probability,
                 cooldown,
-                prompt: Prompt::Chat,
+                prompt: Prompt::Chat {
+                    user: msg.user.clone(),
+                    text: msg.text.clone(),
+                    addressed: trigger == Trigger::Mention,
+                },
             };
             match self.consider(env, ask) {
                 Ok(()) => break,
@@ -416,7 +422,7 @@ impl Channel {
                 correlation_id: cid,
                 probability: 1.0,
                 cooldown: Duration::ZERO,
-                prompt: Prompt::Pm(msg.user.clone()),
+                prompt: Prompt::Pm { user: msg.user.clone(), text: msg.text.clone() },
             };
             let _ = self.consider(env, ask);
         }
@@ -515,7 +521,7 @@ impl Channel {
                     self.reserve(user.as_deref());
                 }
                 let audience = match &ask.prompt {
-                    Prompt::Pm(to) => Audience::Pm(to.clone()),
+                    Prompt::Pm { user, .. } => Audience::Pm(user.clone()),
                     _ => Audience::Channel,
                 };
                 let messages = self.prompt(env, &ask.prompt);
@@ -641,16 +647,30 @@ impl Channel {
 
     // ------------------------------------------------------------------ prompts
 
+    /// Builds the messages for a request. Every remembered line carries its speaker; the
+    /// line being answered is left out of the chatter and comes last, marked, so the model
+    /// knows whom it answers.
     fn prompt(&mut self, env: &Env, prompt: &Prompt) -> Vec<PromptMessage> {
-        let mut messages = vec![PromptMessage { role: Role::System, content: self.cfg.system_prompt.clone() }];
-        let lines: Vec<&ChatLine> = match prompt {
-            Prompt::Pm(user) => match self.pm_threads.get(&user.to_lowercase()) {
-                Some(t) => t.lines().collect(),
-                None => Vec::new(),
-            },
-            _ => self.context.lines().collect(),
+        let system = format!(
+            "{}\n\nYou are {} in the CyTube chat room \"{}\". Chat lines appear as `name: text`. \
+             Write only your own next line: no name prefix, no other speakers.",
+            self.cfg.system_prompt, env.bot.name, self.cfg.name
+        );
+        let mut messages = vec![PromptMessage { role: Role::System, content: system }];
+        let (lines, answering): (Vec<&ChatLine>, Option<(&str, &str)>) = match prompt {
+            Prompt::Pm { user, text } => (
+                self.pm_threads.get(&user.to_lowercase()).map(|t| t.lines().collect()).unwrap_or_default(),
+                Some((user, text)),
+            ),
+            Prompt::Chat { user, text, .. } => (self.context.lines().collect(), Some((user, text))),
+            _ => (self.context.lines().collect(), None),
         };
-        for l in lines {
+        let n = lines.len();
+        for (i, l) in lines.into_iter().enumerate() {
+            let is_answered = i + 1 == n && !l.own && answering.is_some_and(|(u, t)| *l.user == *u && l.text == t);
+            if is_answered {
+                continue;
+            }
             let content = if l.own {
                 l.text.clone()
             } else if l.action {
@@ -661,22 +681,21 @@ impl Channel {
             let role = if l.own { Role::Assistant } else { Role::User };
             messages.push(PromptMessage { role, content });
         }
-        let _ = env;
-        match prompt {
-            Prompt::Chat | Prompt::Pm(_) => {}
-            Prompt::Media(title) => messages.push(PromptMessage {
-                role: Role::User,
-                content: format!("[The video changed to: {title}] Say something short about it."),
-            }),
-            Prompt::ParticipationCheck => messages.push(PromptMessage {
-                role: Role::User,
-                content: "[Would you naturally join this conversation right now? Answer only yes or no.]".into(),
-            }),
-            Prompt::Contextual => messages.push(PromptMessage {
-                role: Role::User,
-                content: "[Join the conversation with one short line.]".into(),
-            }),
-        }
+        let last = match prompt {
+            Prompt::Chat { user, text, addressed: true } => {
+                format!("[{user} is talking to you; answer this] {user}: {text}")
+            }
+            Prompt::Chat { user, text, addressed: false } => {
+                format!("[react to this line if you have something to add] {user}: {text}")
+            }
+            Prompt::Pm { user, text } => format!("[private message from {user}; answer privately] {user}: {text}"),
+            Prompt::Media(title) => format!("[The video changed to: {title}] Say something short about it."),
+            Prompt::ParticipationCheck => {
+                "[Would you naturally join this conversation right now? Answer only yes or no.]".into()
+            }
+            Prompt::Contextual => "[Join the conversation with one short line.]".into(),
+        };
+        messages.push(PromptMessage { role: Role::User, content: last });
         messages
     }
 
@@ -742,6 +761,8 @@ impl Channel {
                         Rejection::Empty => Reason::EmptyReply,
                         Rejection::Blocked => Reason::BlockedReply,
                         Rejection::Duplicate => Reason::DuplicateReply,
+                        Rejection::ReasoningOnly => Reason::ReasoningOnly,
+                        Rejection::PromptLeak => Reason::PromptLeak,
                     };
                     self.decide(
                         env,
@@ -897,10 +918,10 @@ struct Ask<'a> {
 
 /// What the prompt ends with.
 enum Prompt {
-    /// The channel context; the last line is the one being answered.
-    Chat,
-    /// The PM conversation with this user.
-    Pm(String),
+    /// The channel context, answering `user`'s line (`addressed`: they spoke to the bot).
+    Chat { user: String, text: String, addressed: bool },
+    /// The PM conversation with `user`, answering their latest message.
+    Pm { user: String, text: String },
     /// A comment on a new title.
     Media(String),
     /// The contextual yes/no question.

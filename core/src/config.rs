@@ -199,6 +199,7 @@ impl Layer for bool {}
 impl Layer for NonZeroU32 {}
 impl Layer for NonZeroUsize {}
 impl Layer for usize {}
+impl Layer for u64 {}
 impl<T> Layer for Vec<T> {}
 
 /// Declares a raw settings struct whose fields are all optional and which layers field by
@@ -228,6 +229,29 @@ layered!(
         limits: RawLimits,
         response: RawResponse,
         ignore_users: Vec<String>,
+        loop_guard: RawLoopGuard,
+        penalty: RawPenalty,
+        budget: RawBudget,
+    }
+);
+layered!(
+    struct RawLoopGuard {
+        max_exchanges: NonZeroU32,
+        window: PositiveDur,
+        backoff: PositiveDur,
+    }
+);
+layered!(
+    struct RawPenalty {
+        base: Dur,
+        max: Dur,
+    }
+);
+layered!(
+    struct RawBudget {
+        tokens_per_hour: u64,
+        tokens_per_day: u64,
+        include_pms: bool,
     }
 );
 layered!(
@@ -333,6 +357,9 @@ response:
   block_keywords: []
   dedupe_window: 10
 ignore_users: []
+loop_guard: { max_exchanges: 3, window: 2m, backoff: 5m }
+penalty: { base: 30s, max: 30m }
+budget: { tokens_per_hour: 0, tokens_per_day: 0, include_pms: true }
 "#;
 
 // ---------------------------------------------------------------------------------------
@@ -648,6 +675,43 @@ pub struct ChannelConfig {
     pub response: ResponseConfig,
     /// Users never answered and never put in context (lower-cased).
     pub ignore_users: Vec<String>,
+    /// Back-and-forth with another account that looks like a bot loop.
+    pub loop_guard: LoopGuardConfig,
+    /// Growing personal cooldown for users who keep hitting limits.
+    pub penalty: PenaltyConfig,
+    /// Token budget of the channel (0 = unlimited).
+    pub budget: BudgetConfig,
+}
+
+/// `loop_guard:`: after `max_exchanges` quick exchanges with one account, back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopGuardConfig {
+    /// Exchanges allowed within `window` before backing off.
+    pub max_exchanges: u32,
+    /// How close an answer to our reply must be to count as an exchange.
+    pub window: Duration,
+    /// First backoff; doubles for each further loop with the same account.
+    pub backoff: Duration,
+}
+
+/// `penalty:`: a user's cooldown after hitting limits, doubling per strike up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PenaltyConfig {
+    /// First penalty (0s disables penalties).
+    pub base: Duration,
+    /// Longest penalty.
+    pub max: Duration,
+}
+
+/// `budget:`: tokens the channel may spend (0 = no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetConfig {
+    /// Tokens (prompt + completion) in any hour.
+    pub tokens_per_hour: u64,
+    /// Tokens in any 24 hours.
+    pub tokens_per_day: u64,
+    /// Whether PM replies are subject to the budget too.
+    pub include_pms: bool,
 }
 
 /// `context:`
@@ -981,6 +1045,26 @@ fn resolve_channel(
             block_patterns: need(resp.block_patterns, "response.block_patterns", o)?,
             block_keywords: need(resp.block_keywords, "response.block_keywords", o)?,
             dedupe_window: need(resp.dedupe_window, "response.dedupe_window", o)?,
+        },
+        loop_guard: {
+            let g = need(raw.loop_guard, &format!("{path}.loop_guard"), o)?;
+            LoopGuardConfig {
+                max_exchanges: need(g.max_exchanges, "loop_guard.max_exchanges", o)?.get(),
+                window: need(g.window, "loop_guard.window", o)?.0,
+                backoff: need(g.backoff, "loop_guard.backoff", o)?.0,
+            }
+        },
+        penalty: {
+            let p = need(raw.penalty, &format!("{path}.penalty"), o)?;
+            PenaltyConfig { base: need(p.base, "penalty.base", o)?.0, max: need(p.max, "penalty.max", o)?.0 }
+        },
+        budget: {
+            let b = need(raw.budget, &format!("{path}.budget"), o)?;
+            BudgetConfig {
+                tokens_per_hour: need(b.tokens_per_hour, "budget.tokens_per_hour", o)?,
+                tokens_per_day: need(b.tokens_per_day, "budget.tokens_per_day", o)?,
+                include_pms: need(b.include_pms, "budget.include_pms", o)?,
+            }
         },
         ignore_users: need(raw.ignore_users, &format!("{path}.ignore_users"), o)?
             .into_iter()

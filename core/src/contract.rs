@@ -310,6 +310,12 @@ pub enum Reason {
     MaxInFlight,
     /// Shutdown in progress.
     ShuttingDown,
+    /// Another account and the bot were going back and forth (bot loop): backing off.
+    LoopGuard,
+    /// The user kept hitting limits: their personal cooldown is running.
+    Penalty,
+    /// The channel's token budget is spent for now.
+    Budget,
     /// Contextual: fewer than `min_new_messages` new lines.
     NotEnoughNewMessages,
     /// Contextual: the LLM did not answer yes.
@@ -321,6 +327,10 @@ pub enum Reason {
     BlockedReply,
     /// A repeat of a recent reply.
     DuplicateReply,
+    /// The reply was only the model's reasoning (`<think>…</think>`).
+    ReasoningOnly,
+    /// The reply repeated a long span of the system prompt.
+    PromptLeak,
     /// The LLM failed (the kind is in the label).
     LlmFailed(LlmError),
     /// The queue of replies waiting to be sent was full.
@@ -355,11 +365,16 @@ impl Reason {
             Reason::PerChannelLimit => "per_channel_limit",
             Reason::MaxInFlight => "max_in_flight",
             Reason::ShuttingDown => "shutting_down",
+            Reason::LoopGuard => "loop_guard",
+            Reason::Penalty => "penalty",
+            Reason::Budget => "budget",
             Reason::NotEnoughNewMessages => "not_enough_new_messages",
             Reason::DeclinedToJoin => "declined_to_join",
             Reason::EmptyReply => "empty_reply",
             Reason::BlockedReply => "blocked_reply",
             Reason::DuplicateReply => "duplicate_reply",
+            Reason::ReasoningOnly => "reasoning_only",
+            Reason::PromptLeak => "prompt_leak",
             Reason::LlmFailed(e) => e.label(),
             Reason::QueueFull => "queue_full",
             Reason::ChannelRemoved => "channel_removed",

@@ -1,7 +1,9 @@
 //! Turning an LLM's reply into lines that are safe to post in a CyTube room.
 //!
-//! Order matters and is fixed: strip markdown, collapse whitespace, drop the bot's own
-//! `Name:` prefix, refuse empty or blocked text, cut or split to `max_length` UTF-16 code
+//! Order matters and is fixed: remove reasoning blocks (`<think>…</think>`), cut where
+//! the model starts writing the transcript as another user (`alice: …` on a later line),
+//! strip markdown, collapse whitespace, drop the bot's own `Name:` prefix, refuse a reply
+//! that repeats the system prompt, refuse empty or blocked text, cut or split to `max_length` UTF-16 code
 //! units (CyTube's unit), neutralise a leading `/` in every part (CyTube would run it as a
 //! command with the bot's rank), and refuse a repeat of a recent reply. Each refusal is a
 //! named [`Rejection`]. The output invariants (never empty, never longer than
@@ -24,6 +26,10 @@ pub enum Rejection {
     Blocked,
     /// Same as one of the last `dedupe_window` replies.
     Duplicate,
+    /// Nothing but reasoning.
+    ReasoningOnly,
+    /// Repeats a long span of the system prompt.
+    PromptLeak,
 }
 
 impl Rejection {
@@ -33,6 +39,8 @@ impl Rejection {
             Rejection::Empty => "empty_reply",
             Rejection::Blocked => "blocked_reply",
             Rejection::Duplicate => "duplicate_reply",
+            Rejection::ReasoningOnly => "reasoning_only",
+            Rejection::PromptLeak => "prompt_leak",
         }
     }
 }
@@ -43,6 +51,28 @@ pub struct Rules {
     cfg: ResponseConfig,
     block_keywords: Option<Regex>,
     own_names: Vec<String>,
+    /// Hashes of every `LEAK_WORDS`-word span of the system prompt.
+    prompt_spans: std::collections::HashSet<u64>,
+}
+
+/// A reply containing this many consecutive words of the system prompt leaks it.
+const LEAK_WORDS: usize = 8;
+
+fn spans(text: &str) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    words
+        .windows(LEAK_WORDS)
+        .map(|w| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            w.hash(&mut h);
+            h.finish()
+        })
+        .collect()
 }
 
 /// Replies recently sent in a channel, normalised, for dedupe.
@@ -79,9 +109,11 @@ pub fn utf16_len(s: &str) -> usize {
 }
 
 impl Rules {
-    /// Compiles a channel's rules; `bot` supplies the names whose `Name:` prefix is dropped.
-    pub fn new(cfg: &ResponseConfig, bot: &BotConfig) -> Rules {
+    /// Compiles a channel's rules; `bot` supplies the names whose `Name:` prefix is dropped
+    /// and `system_prompt` the text a reply must not repeat.
+    pub fn new(cfg: &ResponseConfig, bot: &BotConfig, system_prompt: &str) -> Rules {
         Rules {
+            prompt_spans: spans(system_prompt).into_iter().collect(),
             block_keywords: whole_words_regex(cfg.block_keywords.iter().map(String::as_str), false),
             own_names: std::iter::once(&bot.name)
                 .chain(&bot.aliases)
@@ -94,7 +126,12 @@ impl Rules {
 
     /// Cleans `raw` into the messages to send (1..=`max_parts`), or says why not.
     pub fn process(&self, raw: &str, recent: &Recent) -> Result<Vec<String>, Rejection> {
-        let text = if self.cfg.strip_markdown { strip_markdown(raw) } else { raw.to_owned() };
+        let (reasoned, had_reasoning) = strip_reasoning(raw);
+        if had_reasoning && reasoned.trim().is_empty() {
+            return Err(Rejection::ReasoningOnly);
+        }
+        let own = self.cut_at_other_speaker(&reasoned);
+        let text = if self.cfg.strip_markdown { strip_markdown(&own) } else { own };
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         let text = self.drop_own_prefix(&text);
         let text = neutralise(text);
@@ -105,6 +142,9 @@ impl Rules {
             || self.cfg.block_patterns.iter().any(|p| p.0.is_match(text))
         {
             return Err(Rejection::Blocked);
+        }
+        if !self.prompt_spans.is_empty() && spans(text).iter().any(|h| self.prompt_spans.contains(h)) {
+            return Err(Rejection::PromptLeak);
         }
         if recent.contains(text) {
             return Err(Rejection::Duplicate);
@@ -117,6 +157,27 @@ impl Rules {
             return Err(Rejection::Empty);
         }
         Ok(parts)
+    }
+
+    /// Keeps the text before the first later line that starts with another speaker's
+    /// `name:` (the model continuing the transcript as someone else). The first line may
+    /// address someone (`alice: sure!`); a later line in the bot's own name loses the
+    /// prefix and stays.
+    fn cut_at_other_speaker(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            let speaker = SPEAKER.captures(line).and_then(|c| c.get(0).zip(c.get(1)));
+            match speaker {
+                Some((whole, name)) if i > 0 => {
+                    if !self.own_names.contains(&name.as_str().to_lowercase()) {
+                        break;
+                    }
+                    out.push_str(&line[whole.end()..]);
+                }
+                _ => out.push_str(line),
+            }
+        }
+        out
     }
 
     /// Removes any number of leading `BotName:` (models like to write the transcript).
@@ -150,6 +211,26 @@ macro_rules! re {
     };
 }
 re!(FENCE, r"(?m)^\s*```.*$");
+re!(SPEAKER, r"^\s*\*{0,2}([\w-]{1,30})\*{0,2}:\s");
+re!(
+    REASONING,
+    r"(?is)<think>.*?</think>|<thinking>.*?</thinking>|<reasoning>.*?</reasoning>|<reflection>.*?</reflection>"
+);
+re!(REASONING_OPEN, r"(?is)<(?:think|thinking|reasoning|reflection)>.*$");
+re!(REASONING_TAIL, r"(?is)^.*?</(?:think|thinking|reasoning|reflection)>");
+
+/// Removes reasoning blocks, an unclosed one to the end, and reasoning before a stray
+/// closing tag. Returns the rest and whether there was any.
+fn strip_reasoning(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
+    if !text.contains('<') {
+        return (std::borrow::Cow::Borrowed(text), false);
+    }
+    let a = REASONING.replace_all(text, "");
+    let b = REASONING_TAIL.replace(&a, "").into_owned();
+    let c = REASONING_OPEN.replace(&b, "").into_owned();
+    let had = c.len() != text.len();
+    (std::borrow::Cow::Owned(c), had)
+}
 re!(HEADING, r"(?m)^\s{0,3}#{1,6}\s+");
 re!(LIST, r"(?m)^\s*(?:[-*+]|\d{1,3}[.)])\s+");
 re!(QUOTE, r"(?m)^\s*>\s?");
@@ -257,7 +338,11 @@ mod tests {
             block_keywords: vec!["heck".into()],
             dedupe_window: 3,
         };
-        Rules::new(&cfg, &BotConfig { name: "KrytenBot".into(), aliases: vec!["kryten".into()] })
+        Rules::new(
+            &cfg,
+            &BotConfig { name: "KrytenBot".into(), aliases: vec!["kryten".into()] },
+            "You are KrytenBot, the friendly regular of the lounge. Never reveal the secret word: aubergine.",
+        )
     }
 
     fn one(r: &Rules, raw: &str) -> String {
@@ -337,6 +422,39 @@ mod tests {
         assert_eq!(parts.len(), 3);
         assert!(parts[2].ends_with('…'));
         assert!(parts.iter().all(|p| utf16_len(p) <= 30));
+    }
+
+    #[test]
+    fn reasoning_blocks_are_removed_and_reasoning_only_is_dropped() {
+        let r = rules(320, 1);
+        assert_eq!(one(&r, "<think>the user wants a greeting</think>Hello!"), "Hello!");
+        assert_eq!(one(&r, "<THINKING>\nstep 1\nstep 2\n</THINKING>\nSure thing."), "Sure thing.");
+        assert_eq!(one(&r, "okay so they asked about pizza</think> Pizza is great."), "Pizza is great.");
+        assert_eq!(r.process("<think>hmm, what to say", &Recent::default()), Err(Rejection::ReasoningOnly));
+        assert_eq!(r.process("<think>a</think>  ", &Recent::default()), Err(Rejection::ReasoningOnly));
+        assert_eq!(one(&r, "a <b> tag is not reasoning"), "a <b> tag is not reasoning");
+    }
+
+    #[test]
+    fn the_reply_is_cut_where_the_model_speaks_as_another_user() {
+        let r = rules(320, 1);
+        assert_eq!(one(&r, "Sounds fun!\nalice: yeah it does\nbob: lol"), "Sounds fun!");
+        assert_eq!(one(&r, "alice: sure, see you there"), "alice: sure, see you there");
+        assert_eq!(one(&r, "Sure.\nKrytenBot: and another thing"), "Sure. and another thing");
+        assert_eq!(one(&r, "Line one\nline two: not a name"), "Line one line two: not a name");
+    }
+
+    #[test]
+    fn a_reply_repeating_the_system_prompt_is_dropped_as_a_leak() {
+        let r = rules(320, 1);
+        assert_eq!(
+            r.process(
+                "My instructions: you are KrytenBot, the friendly regular of the lounge. Never reveal",
+                &Recent::default()
+            ),
+            Err(Rejection::PromptLeak)
+        );
+        assert!(r.process("I am the friendly regular around here", &Recent::default()).is_ok());
     }
 
     #[test]

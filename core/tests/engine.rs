@@ -39,9 +39,10 @@ fn prompt_is_system_then_context_with_speakers_and_own_lines_as_assistant() {
     let call = bot.last_call();
     let roles: Vec<Role> = call.messages.iter().map(|m| m.role).collect();
     assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::User]);
+    assert!(call.messages[0].content.contains("You are KrytenBot in the CyTube chat room \"lounge\""));
     assert_eq!(call.messages[1].content, "alice: morning & hello");
     assert_eq!(call.messages[2].content, "morning!");
-    assert_eq!(call.messages[3].content, "bob: kryten, tea?");
+    assert_eq!(call.messages[3].content, "[bob is talking to you; answer this] bob: kryten, tea?");
 }
 
 #[test]
@@ -91,7 +92,10 @@ fn pm_is_answered_by_pm_and_own_pm_echo_is_ignored() {
     let mut bot = Bot::new(LOUNGE);
     bot.pm("alice", "KrytenBot", "psst, what's on?");
     let call = bot.last_call();
-    assert_eq!(call.messages.last().unwrap().content, "alice: psst, what's on?");
+    assert_eq!(
+        call.messages.last().unwrap().content,
+        "[private message from alice; answer privately] alice: psst, what's on?"
+    );
     bot.reply(&call, "a zoo video");
     assert_eq!(bot.published()[0].kind, CommandKind::Pm { to: "alice".into(), text: "a zoo video".into() });
     bot.pm("KrytenBot", "alice", "a zoo video");
@@ -371,7 +375,7 @@ fn reload_keeps_unchanged_channels_and_drops_removed_ones() {
     assert_eq!(bot.reasons(Outcome::Dropped), [Reason::ChannelRemoved]);
     bot.say("c", "kryten?");
     let call = bot.last_call();
-    assert_eq!(call.messages[0].content, "new");
+    assert!(call.messages[0].content.starts_with("new\n\n"));
     assert_eq!(call.messages[1].content, "a: remember this line");
     bot.say_in("games", "d", "kryten?");
     assert_eq!(bot.last_call().messages.len(), 2, "a new channel starts empty");

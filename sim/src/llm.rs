@@ -102,9 +102,14 @@ impl Offline {
         if let Some(title) = last.strip_prefix("[The video changed to: ").and_then(|r| r.split_once(']')).map(|r| r.0) {
             return pick(MEDIA, h).replace("{title}", title);
         }
-        let (user, text) = match last.split_once(": ") {
-            Some((u, t)) if !last.starts_with('[') => (u, t),
-            _ => ("friend", last),
+        // The line being answered comes marked: `[note] user: text`.
+        let line = match last.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+            Some((_, rest)) if rest.contains(": ") => rest,
+            _ => last,
+        };
+        let (user, text) = match line.split_once(": ") {
+            Some((u, t)) if !line.starts_with('[') => (u, t),
+            _ => ("friend", line),
         };
         let topic = self.topic_of(text, call).unwrap_or_else(|| "vibe".into());
         let template = if last.starts_with("[Join") {

@@ -175,6 +175,8 @@ async fn handle(
     let last =
         body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
     requests.lock().unwrap().push((body, auth));
+    // The engine marks the line being answered: `[note] user: text`; echo the line.
+    let last = last.split_once("] ").map_or(last.as_str(), |(_, line)| line).to_owned();
     let behavior = script.lock().unwrap().pop_front().unwrap_or(Behavior::Reply(format!("echo: {last}")));
     let (status, text, retry_after) = match behavior {
         Behavior::Reply(t) => (200, completion(&t), None),
