@@ -134,7 +134,10 @@ async fn llm_failures_fall_back_and_the_next_request_still_works() {
         if retried {
             llm.push(case); // retries: 1 → the retry fails the same way
         }
-        publish_event(&client, "lounge", "chatMsg", chat("lounge", "alice", &format!("kryten {i}"), &format!("f-{i}")))
+        // A new asker per case: the loop guard rightly stops one account's quick
+        // back-and-forth with the bot.
+        let asker = format!("alice{i}");
+        publish_event(&client, "lounge", "chatMsg", chat("lounge", &asker, &format!("kryten {i}"), &format!("f-{i}")))
             .await;
         let cmd = commands.next(Duration::from_secs(15)).await.expect("a fallback line");
         assert_eq!(cmd["args"]["message"], "one moment please", "case {i}");
@@ -143,11 +146,11 @@ async fn llm_failures_fall_back_and_the_next_request_still_works() {
             &client,
             "lounge",
             "chatMsg",
-            chat("lounge", "bob", &format!("kryten ok {i}"), &format!("g-{i}")),
+            chat("lounge", &format!("bob{i}"), &format!("kryten ok {i}"), &format!("g-{i}")),
         )
         .await;
         let cmd = commands.next(T).await.expect("a real reply");
-        assert_eq!(cmd["args"]["message"], format!("echo: bob: kryten ok {i}"));
+        assert_eq!(cmd["args"]["message"], format!("echo: bob{i}: kryten ok {i}"));
     }
     // 429 with Retry-After is retried after the wait and then succeeds.
     llm.push(Behavior::Status(429, Some(1)));

@@ -131,6 +131,38 @@ struct Outgoing {
 struct UserState {
     window: SlidingWindow,
     pending: usize,
+    /// When the bot last sent a reply to this user (loop guard).
+    last_reply_at: Option<Millis>,
+    /// Consecutive quick exchanges with this user.
+    exchanges: u32,
+    /// Loops detected with this user; each doubles the next backoff.
+    loops: u32,
+    /// Loop-guard backoff end.
+    backoff_until: Option<Millis>,
+    /// Limit hits; each doubles the next penalty.
+    strikes: u32,
+    /// Time of the last strike.
+    last_strike: Option<Millis>,
+    /// Penalty end.
+    penalty_until: Option<Millis>,
+}
+
+impl UserState {
+    /// Worth keeping: something about this user still affects decisions at `now`.
+    fn is_live(&mut self, now: Millis, window: Duration, guard_window: Duration) -> bool {
+        self.pending > 0
+            || !self.window.is_idle(now, window)
+            || self.backoff_until.is_some_and(|t| t > now)
+            || self.penalty_until.is_some_and(|t| t > now)
+            || self.last_reply_at.is_some_and(|t| now < t.after(guard_window))
+            || self.loops > 0
+            || self.strikes > 0
+    }
+}
+
+/// `base · 2^(n-1)`, at most `max`.
+fn doubling(base: Duration, n: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << n.saturating_sub(1).min(20)).min(max)
 }
 
 /// Recently seen event keys, bounded.
@@ -544,6 +576,14 @@ impl Channel {
         if env.shutting_down {
             return Err(Reason::ShuttingDown);
         }
+        if let Some(user) = ask.user {
+            let penalised =
+                self.users.get(&user.to_lowercase()).and_then(|u| u.penalty_until).is_some_and(|t| t > env.now);
+            if penalised {
+                self.strike(user, env.now);
+                return Err(Reason::Penalty);
+            }
+        }
         if !cooled_down(self.trigger_last.get(&ask.trigger).copied(), ask.cooldown, env.now) {
             return Err(Reason::TriggerCooldown);
         }
@@ -555,7 +595,64 @@ impl Channel {
         if ask.probability < 1.0 && !self.chance(ask.probability) {
             return Err(Reason::Probability);
         }
-        self.check_limits(env.now, ask.trigger, ask.user)
+        if let (Some(user), Prompt::Chat { text, .. }) = (ask.user, &ask.prompt) {
+            self.loop_guard(user, text, env.now)?;
+        }
+        let verdict = self.check_limits(env.now, ask.trigger, ask.user);
+        if let (Err(Reason::PerUserLimit), Some(user)) = (verdict, ask.user) {
+            self.strike(user, env.now);
+        }
+        verdict
+    }
+
+    /// Detects a bot loop with `user`: their line answers ours within the window (or
+    /// copies one of ours) `max_exchanges` times in a row. Then backs off from them,
+    /// twice as long for each further loop.
+    fn loop_guard(&mut self, user: &str, text: &str, now: Millis) -> Result<(), Reason> {
+        let g = self.cfg.loop_guard;
+        let copies_us = self.recent.resembles(text);
+        let st = self.users.entry(user.to_lowercase()).or_default();
+        if st.backoff_until.is_some_and(|t| now < t) {
+            return Err(Reason::LoopGuard);
+        }
+        let answering_us = st.last_reply_at.is_some_and(|t| now < t.after(g.window));
+        if answering_us || copies_us {
+            st.exchanges += 1;
+        } else {
+            st.exchanges = 0;
+            // A calm spell as long as the last backoff forgives earlier loops.
+            if st
+                .backoff_until
+                .is_some_and(|t| now >= t.after(doubling(g.backoff, st.loops, Duration::from_secs(86_400))))
+            {
+                st.loops = 0;
+            }
+        }
+        if st.exchanges >= g.max_exchanges {
+            st.loops += 1;
+            st.exchanges = 0;
+            st.backoff_until = Some(now.after(doubling(g.backoff, st.loops, Duration::from_secs(86_400))));
+            return Err(Reason::LoopGuard);
+        }
+        Ok(())
+    }
+
+    /// Counts a limit hit against `user` and (re)starts their penalty: `base`, doubling
+    /// per strike up to `max`; strikes are forgotten after twice the current penalty
+    /// without one.
+    fn strike(&mut self, user: &str, now: Millis) {
+        let p = self.cfg.penalty;
+        if p.base.is_zero() {
+            return;
+        }
+        let st = self.users.entry(user.to_lowercase()).or_default();
+        let current = doubling(p.base, st.strikes, p.max);
+        if st.last_strike.is_some_and(|t| now >= t.after(current.saturating_mul(2))) {
+            st.strikes = 0;
+        }
+        st.strikes += 1;
+        st.last_strike = Some(now);
+        st.penalty_until = Some(now.after(doubling(p.base, st.strikes, p.max)));
     }
 
     /// The channel-wide limits (and the per-user one when a user asked).
@@ -616,7 +713,8 @@ impl Channel {
         if self.users.len() > USER_PRUNE_THRESHOLD {
             let now = sent_at.unwrap_or(Millis::ZERO).max(self.last_send.unwrap_or(Millis::ZERO));
             let window = lim.per_user.window;
-            self.users.retain(|_, s| s.pending > 0 || !s.window.is_idle(now, window));
+            let guard = self.cfg.loop_guard.window;
+            self.users.retain(|_, s| s.is_live(now, window, guard));
         }
     }
 
@@ -864,6 +962,9 @@ impl Channel {
             self.last_send = Some(env.now);
             if out.first {
                 self.settle(out.user.as_deref(), Some(env.now));
+                if let Some(u) = &out.user {
+                    self.users.entry(u.clone()).or_default().last_reply_at = Some(env.now);
+                }
             }
             let user = match &out.command.kind {
                 CommandKind::Pm { to, .. } => Some(to.clone()),

@@ -93,6 +93,19 @@ impl Recent {
         }
     }
 
+    /// Does `text` look like a copy of a recent reply (most of its words, at least 4)?
+    pub fn resembles(&self, text: &str) -> bool {
+        let words: std::collections::BTreeSet<String> = normalise(text).split(' ').map(str::to_owned).collect();
+        if words.len() < 4 {
+            return false;
+        }
+        self.replies.iter().any(|r| {
+            let theirs: std::collections::BTreeSet<&str> = r.split(' ').collect();
+            let common = words.iter().filter(|w| theirs.contains(w.as_str())).count();
+            common * 10 >= words.len().max(theirs.len()) * 7
+        })
+    }
+
     fn contains(&self, text: &str) -> bool {
         let n = normalise(text);
         self.replies.iter().any(|r| *r == n)

@@ -132,7 +132,8 @@ fn media_change_cooldown_silences_a_quick_second_comment() {
 
 #[test]
 fn per_user_limit_silences_the_fourth_mention_in_a_minute() {
-    let mut bot = Bot::new(LOUNGE);
+    // The loop guard would step in first for a fourth quick exchange; widen it here.
+    let mut bot = Bot::new("channels: [ { name: lounge, loop_guard: { max_exchanges: 10 } } ]\n");
     for i in 0..4 {
         bot.say("alice", &format!("kryten question {i}"));
         bot.answer(&format!("answer {i}"));
@@ -154,7 +155,8 @@ fn per_user_limit_counts_replies_still_in_flight() {
         bot.say("alice", &format!("kryten {i}"));
     }
     assert_eq!(bot.calls().len(), 3);
-    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerUserLimit, Reason::PerUserLimit]);
+    // Hitting the limit starts a penalty: the next line meets that first.
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerUserLimit, Reason::Penalty]);
 }
 
 #[test]
@@ -469,4 +471,63 @@ fn a_participation_check_does_not_start_the_global_cooldown_for_its_own_reply() 
     bot.wait(800);
     assert_eq!(bot.last_call().purpose, Purpose::Reply);
     assert!(bot.reasons(Outcome::Suppressed).is_empty());
+}
+
+#[test]
+fn a_user_who_keeps_hitting_limits_gets_a_growing_penalty_that_decays() {
+    let mut bot = Bot::new(
+        "channels: [ { name: lounge, limits: { per_user: { max: 1, window: 10s } }, penalty: { base: 30s, max: 2m }, loop_guard: { max_exchanges: 100 } } ]\n",
+    );
+    bot.say("spammy", "kryten!");
+    bot.answer("hi");
+    bot.say("spammy", "kryten!!"); // limit hit: strike 1, 30 s penalty
+    bot.wait(20_000);
+    bot.say("spammy", "kryten!!!"); // still penalised: strike 2, 60 s from now
+    bot.wait(40_000);
+    bot.say("spammy", "kryten?"); // 60 s after strike 1, 40 s into a 60 s penalty: strike 3, 2 min (max)
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerUserLimit, Reason::Penalty, Reason::Penalty]);
+    bot.wait(119_000);
+    bot.say("spammy", "kryten??");
+    assert_eq!(bot.reasons(Outcome::Suppressed).last(), Some(&Reason::Penalty), "still inside the 2 min cap");
+    // Stops for a while: the strikes decay and the next line is answered.
+    bot.wait(600_000);
+    bot.say("spammy", "kryten, sorry");
+    assert_eq!(bot.calls().len(), 2);
+    // Other users were never affected.
+    bot.say("polite", "kryten, hello");
+    assert_eq!(bot.calls().len(), 3);
+}
+
+#[test]
+fn the_loop_guard_backs_off_from_an_account_that_keeps_answering_quickly() {
+    let mut bot =
+        Bot::new("channels: [ { name: lounge, loop_guard: { max_exchanges: 3, window: 2m, backoff: 5m } } ]\n");
+    for i in 0..6 {
+        bot.say("OtherBot", &format!("KrytenBot, round {i}?"));
+        if bot.calls().len() > i {
+            bot.answer(&format!("OtherBot, my answer number {i}"));
+        }
+        bot.wait(3_000);
+    }
+    // A fresh line, then three quick exchanges: the fourth answer is one too many.
+    assert_eq!(bot.said().len(), 3);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::LoopGuard, Reason::LoopGuard, Reason::LoopGuard]);
+    // Others are still answered meanwhile.
+    bot.say("alice", "kryten, you there?");
+    assert_eq!(bot.calls().len(), 4);
+    // After the backoff the account is heard again.
+    bot.wait(300_000);
+    bot.say("OtherBot", "KrytenBot, back again?");
+    assert_eq!(bot.calls().len(), 5);
+}
+
+#[test]
+fn a_line_copying_the_bots_own_reply_counts_as_an_exchange() {
+    let mut bot =
+        Bot::new("channels: [ { name: lounge, loop_guard: { max_exchanges: 1, window: 10s, backoff: 5m } } ]\n");
+    bot.say("alice", "kryten, what is the best pizza topping");
+    bot.answer("mushrooms are the best pizza topping by far");
+    bot.wait(60_000); // long after the window
+    bot.say("parrot", "kryten mushrooms are the best pizza topping by far");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::LoopGuard]);
 }
