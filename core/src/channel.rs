@@ -19,7 +19,8 @@ use std::time::Duration;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::config::{BotConfig, ChannelConfig, LlmConfig};
+use crate::budget::{self, Ledger};
+use crate::config::{BotConfig, ChannelConfig, GlobalBudget, LlmConfig};
 use crate::context::{ChatLine, Context};
 use crate::contract::{
     Command, CommandKind, Decision, Effect, LlmCall, LlmError, LlmReply, Outcome, PromptMessage, Purpose, Reason,
@@ -75,6 +76,8 @@ pub(crate) struct Env<'a> {
     pub shutting_down: bool,
     pub connected: bool,
     pub outbound_queue: usize,
+    /// Spend over all channels.
+    pub global: &'a mut Ledger,
     pub out: &'a mut VecDeque<Effect>,
     pub timers: &'a mut Timers,
 }
@@ -97,6 +100,10 @@ pub struct ChannelStatus {
     pub in_flight: usize,
     /// Messages waiting for their send slot.
     pub queued: usize,
+    /// Tokens spent in the last hour.
+    pub tokens_hour: u64,
+    /// Tokens spent in the last day.
+    pub tokens_day: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +122,8 @@ struct Pending {
     correlation_id: Option<String>,
     provider_index: usize,
     messages: Vec<PromptMessage>,
+    /// Tokens reserved in the budgets while in flight.
+    reserved: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +227,8 @@ pub(crate) struct Channel {
     seen: Seen,
     fallback_next: usize,
     present: BTreeSet<String>,
+    spend: Ledger,
+    global_budget: GlobalBudget,
     pub stats: ChannelStats,
 }
 
@@ -254,6 +265,8 @@ impl Channel {
             seen: Seen::default(),
             fallback_next: 0,
             present: BTreeSet::new(),
+            spend: Ledger::default(),
+            global_budget: GlobalBudget::default(),
             stats: ChannelStats::default(),
             cfg,
         };
@@ -276,18 +289,25 @@ impl Channel {
         }
     }
 
+    /// The bot-wide budget this channel's requests also count against.
+    pub fn set_global_budget(&mut self, b: GlobalBudget) {
+        self.global_budget = b;
+    }
+
     fn arm_participation(&self, now: Millis, timers: &mut Timers) {
         if self.cfg.triggers.contextual.enabled {
             timers.arm(TimerKey::Participation(self.slot), now.after(self.cfg.triggers.contextual.every));
         }
     }
 
-    pub fn status(&self) -> ChannelStatus {
+    pub fn status(&self, now: Millis) -> ChannelStatus {
         ChannelStatus {
             name: self.cfg.name.clone(),
             context_len: self.context.len(),
             in_flight: self.requests.len(),
             queued: self.outbox.len(),
+            tokens_hour: self.spend.hour(now),
+            tokens_day: self.spend.day(now),
         }
     }
 
@@ -565,6 +585,7 @@ impl Channel {
                     correlation_id: ask.correlation_id.map(str::to_owned),
                     provider_index: 0,
                     messages,
+                    reserved: 0,
                 };
                 self.call(env, pending);
                 Ok(())
@@ -598,7 +619,7 @@ impl Channel {
         if let (Some(user), Prompt::Chat { text, .. }) = (ask.user, &ask.prompt) {
             self.loop_guard(user, text, env.now)?;
         }
-        let verdict = self.check_limits(env.now, ask.trigger, ask.user);
+        let verdict = self.check_limits(env.now, ask.trigger, ask.user, env.global);
         if let (Err(Reason::PerUserLimit), Some(user)) = (verdict, ask.user) {
             self.strike(user, env.now);
         }
@@ -656,7 +677,22 @@ impl Channel {
     }
 
     /// The channel-wide limits (and the per-user one when a user asked).
-    fn check_limits(&mut self, now: Millis, trigger: Trigger, user: Option<&str>) -> Result<(), Reason> {
+    fn check_limits(
+        &mut self,
+        now: Millis,
+        trigger: Trigger,
+        user: Option<&str>,
+        global: &Ledger,
+    ) -> Result<(), Reason> {
+        let b = self.cfg.budget;
+        if trigger != Trigger::Pm || b.include_pms {
+            let g = &self.global_budget;
+            if !self.spend.allows(now, b.tokens_per_hour, b.tokens_per_day)
+                || !global.allows(now, g.tokens_per_hour, g.tokens_per_day)
+            {
+                return Err(Reason::Budget);
+            }
+        }
         let lim = &self.cfg.limits;
         if self.requests.len() >= lim.max_in_flight as usize {
             return Err(Reason::MaxInFlight);
@@ -724,9 +760,13 @@ impl Channel {
     }
 
     /// Issues the LLM request for `pending` with its current provider.
-    fn call(&mut self, env: &mut Env, pending: Pending) {
+    fn call(&mut self, env: &mut Env, mut pending: Pending) {
         let id = self.next_id();
         let provider = self.cfg.providers[pending.provider_index.min(self.cfg.providers.len() - 1)].clone();
+        let max_tokens = env.llm.providers.get(&provider).map_or(0, |p| u64::from(p.max_tokens));
+        pending.reserved = budget::estimate_prompt(&pending.messages) + max_tokens;
+        self.spend.reserved += pending.reserved;
+        env.global.reserved += pending.reserved;
         let budget = env.llm.providers.get(&provider).map_or(Duration::from_secs(30), |p| {
             p.timeout
                 .saturating_mul(p.retries.saturating_add(1))
@@ -819,13 +859,23 @@ impl Channel {
     pub fn on_llm_done(&mut self, env: &mut Env, id: RequestId, result: Result<LlmReply, LlmError>) {
         let Some(pending) = self.requests.remove(&id) else { return };
         env.timers.disarm(TimerKey::LlmDeadline(id));
+        self.spend.reserved = self.spend.reserved.saturating_sub(pending.reserved);
+        env.global.reserved = env.global.reserved.saturating_sub(pending.reserved);
+        if let Ok(reply) = &result {
+            let tokens = reply.usage.map_or_else(
+                || budget::estimate_prompt(&pending.messages) + budget::estimate(&reply.text),
+                |u| u.input_tokens + u.output_tokens,
+            );
+            self.spend.spend(env.now, tokens);
+            env.global.spend(env.now, tokens);
+        }
         let user = pending.user.clone();
         let cid = pending.correlation_id.clone();
         match (pending.purpose, result) {
             (Purpose::ParticipationCheck, Ok(reply)) => {
                 if is_yes(&reply.text) {
                     // The check itself passed the limits; the reply must pass them again.
-                    match self.check_limits(env.now, Trigger::Contextual, None) {
+                    match self.check_limits(env.now, Trigger::Contextual, None, env.global) {
                         Err(reason) => {
                             self.contextual(env, Outcome::Suppressed, reason);
                         }
@@ -841,6 +891,7 @@ impl Channel {
                                 correlation_id: None,
                                 provider_index: 0,
                                 messages,
+                                reserved: 0,
                             };
                             self.call(env, pending);
                         }
@@ -990,6 +1041,7 @@ impl Channel {
         env.timers.disarm(TimerKey::SendSpacing(self.slot));
         for (id, p) in std::mem::take(&mut self.requests) {
             env.timers.disarm(TimerKey::LlmDeadline(id));
+            env.global.reserved = env.global.reserved.saturating_sub(p.reserved);
             env.out.push_back(Effect::CancelLlm(id));
             self.decide(
                 env,

@@ -459,6 +459,32 @@ struct RawLlm {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     fallback_responses: Vec<String>,
+    #[serde(default)]
+    budget: GlobalBudget,
+}
+
+/// `llm.budget:` tokens the whole bot may spend (0 = no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalBudget {
+    /// Tokens in any hour, over all channels.
+    #[serde(default)]
+    pub tokens_per_hour: u64,
+    /// Tokens in any 24 hours, over all channels.
+    #[serde(default)]
+    pub tokens_per_day: u64,
+}
+
+/// Prices in currency units per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per million prompt tokens.
+    #[serde(default)]
+    pub input: f64,
+    /// Per million completion tokens.
+    #[serde(default)]
+    pub output: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,6 +504,8 @@ struct RawProvider {
     timeout: PositiveDur,
     #[serde(default = "default_retries")]
     retries: u32,
+    #[serde(default)]
+    price_per_million: Price,
 }
 
 fn default_temperature() -> f32 {
@@ -635,6 +663,8 @@ pub struct LlmConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Lines said, in rotation, when the LLM fails; empty means silence.
     pub fallback_responses: Vec<String>,
+    /// Budget over all channels.
+    pub budget: GlobalBudget,
 }
 
 /// One OpenAI-compatible endpoint.
@@ -654,6 +684,8 @@ pub struct ProviderConfig {
     pub timeout: Duration,
     /// Retries on connect error, 5xx and 429.
     pub retries: u32,
+    /// Prices, for spend reports.
+    pub price_per_million: Price,
 }
 
 /// One channel, with `defaults` applied.
@@ -928,10 +960,11 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
                 max_tokens: p.max_tokens,
                 timeout: p.timeout.0,
                 retries: p.retries,
+                price_per_million: p.price_per_million,
             },
         );
     }
-    Ok(LlmConfig { providers, fallback_responses: raw.fallback_responses })
+    Ok(LlmConfig { providers, fallback_responses: raw.fallback_responses, budget: raw.budget })
 }
 
 /// Takes a field that the built-in defaults always provide.

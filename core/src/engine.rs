@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::budget::Ledger;
 use crate::channel::{Channel, ChannelStats, ChannelStatus, CompileCache, Env};
 use crate::config::Config;
 use crate::contract::{Decision, Effect, Input, Outcome, Reason};
@@ -26,6 +27,7 @@ macro_rules! env {
             shutting_down: $e.shutting_down,
             connected: $e.connected,
             outbound_queue: $e.config.nats.outbound_queue,
+            global: &mut $e.spend,
             out: &mut $e.effects,
             timers: &mut $e.timers,
         }
@@ -50,6 +52,8 @@ pub struct Engine {
     connected: bool,
     /// Bodies that were not envelopes, or named no configured channel.
     unrouted: u64,
+    /// Tokens spent over all channels.
+    spend: Ledger,
 }
 
 impl Engine {
@@ -70,6 +74,7 @@ impl Engine {
             shutdown_reported: false,
             connected: true,
             unrouted: 0,
+            spend: Ledger::default(),
         };
         engine.apply_config(config);
         engine
@@ -132,7 +137,7 @@ impl Engine {
 
     /// Per-channel status for /health, in slot (config) order.
     pub fn status(&self) -> Vec<ChannelStatus> {
-        self.channels.values().map(Channel::status).collect()
+        self.channels.values().map(|c| c.status(self.now)).collect()
     }
 
     /// Per-channel event counters, by channel name.
@@ -143,6 +148,11 @@ impl Engine {
     /// Bodies that could not be routed to a channel (not an envelope, unknown channel).
     pub fn unrouted(&self) -> u64 {
         self.unrouted
+    }
+
+    /// Tokens spent over all channels in the last hour and day.
+    pub fn spend(&self) -> (u64, u64) {
+        (self.spend.hour(self.now), self.spend.day(self.now))
     }
 
     /// True once shutdown was requested.
@@ -248,13 +258,15 @@ impl Engine {
                 Some(&slot) => {
                     if let Some(ch) = self.channels.get_mut(&slot) {
                         ch.reconfigure(cc.clone(), compiled, self.now, &mut self.timers);
+                        ch.set_global_budget(config.llm.budget);
                     }
                     slot
                 }
                 None => {
                     let slot = self.next_slot;
                     self.next_slot += 1;
-                    let ch = Channel::new(slot, cc.clone(), compiled, self.seed, self.now, &mut self.timers);
+                    let mut ch = Channel::new(slot, cc.clone(), compiled, self.seed, self.now, &mut self.timers);
+                    ch.set_global_budget(config.llm.budget);
                     self.channels.insert(slot, ch);
                     slot
                 }

@@ -20,6 +20,7 @@
 //! byte.
 #![warn(missing_docs)]
 
+pub mod budget;
 mod channel;
 pub mod config;
 pub mod context;

@@ -531,3 +531,38 @@ fn a_line_copying_the_bots_own_reply_counts_as_an_exchange() {
     bot.say("parrot", "kryten mushrooms are the best pizza topping by far");
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::LoopGuard]);
 }
+
+#[test]
+fn a_spent_budget_silences_the_channel_until_the_hour_has_passed() {
+    let mut bot = Bot::new("channels: [ { name: lounge, budget: { tokens_per_hour: 500, include_pms: false } } ]\n");
+    let usage = Some(chatbot_core::Usage { input_tokens: 250, output_tokens: 50 });
+    for i in 0..2 {
+        bot.say(&format!("u{i}"), "kryten?");
+        let call = bot.last_call();
+        bot.input(Input::LlmDone {
+            id: call.id,
+            result: Ok(chatbot_core::LlmReply { text: format!("reply {i}"), usage }),
+        });
+    }
+    // 600 spent: one reply over, never more.
+    assert_eq!(bot.engine.status()[0].tokens_hour, 600);
+    bot.say("u3", "kryten?");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::Budget]);
+    // PMs are exempt here (include_pms: false).
+    bot.pm("u4", "KrytenBot", "hello?");
+    assert_eq!(bot.calls().len(), 3);
+    bot.wait(3_600_000);
+    bot.say("u5", "kryten, again?");
+    assert_eq!(bot.calls().len(), 4);
+}
+
+#[test]
+fn requests_in_flight_reserve_their_estimate_against_the_budget() {
+    // Each request reserves ~max_tokens (200) + its prompt: the third would cross 500.
+    let mut bot = Bot::new("channels: [ { name: lounge, budget: { tokens_per_hour: 500 } } ]\n");
+    for i in 0..3 {
+        bot.say(&format!("u{i}"), "kryten?");
+    }
+    assert_eq!(bot.calls().len(), 2);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::Budget]);
+}

@@ -25,7 +25,7 @@ pub const DEFAULT_CONFIG: &str = r#"
 bot: { name: KrytenBot, aliases: [kryten] }
 llm:
   providers:
-    main: { base_url: "http://127.0.0.1:1/v1", model: offline }
+    main: { base_url: "http://127.0.0.1:1/v1", model: offline, price_per_million: { input: 0.15, output: 0.60 } }
 "#;
 
 /// Builds the default config for a corpus: every channel that appears in it.

@@ -44,6 +44,8 @@ pub struct Report {
     cause_order: std::collections::VecDeque<String>,
     #[serde(skip)]
     calls: HashMap<RequestId, (String, u64)>,
+    #[serde(skip)]
+    prices: BTreeMap<String, chatbot_core::config::Price>,
 }
 
 fn ms<S: serde::Serializer>(m: &Millis, s: S) -> Result<S::Ok, S::Error> {
@@ -85,6 +87,10 @@ pub struct ChannelReport {
     pub input_tokens: u64,
     /// Estimated completion tokens.
     pub output_tokens: u64,
+    /// Estimated cost at the providers' `price_per_million`.
+    pub cost: f64,
+    /// Tokens per hour of corpus time.
+    pub tokens_per_hour: f64,
     /// Every message sent.
     pub replies: Vec<ReplyLine>,
     /// Per minute since the start: (chat lines, messages sent).
@@ -136,6 +142,7 @@ impl Report {
             causes: HashMap::new(),
             cause_order: Default::default(),
             calls: HashMap::new(),
+            prices: config.llm.providers.iter().map(|(n, p)| (n.clone(), p.price_per_million)).collect(),
         }
     }
 
@@ -223,6 +230,7 @@ impl Report {
 
     pub(crate) fn answered(&mut self, id: RequestId, provider: &str, result: &Result<LlmReply, LlmError>) {
         let Some((channel, estimated_input)) = self.calls.remove(&id) else { return };
+        let price = self.prices.get(provider).copied().unwrap_or_default();
         let Some(ch) = self.channel_mut(&channel) else { return };
         let outcome = match result {
             Ok(reply) => {
@@ -232,6 +240,7 @@ impl Report {
                 });
                 ch.input_tokens += usage.input_tokens;
                 ch.output_tokens += usage.output_tokens;
+                ch.cost += (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output) / 1e6;
                 "ok"
             }
             Err(e) => e.label(),
@@ -254,6 +263,8 @@ impl Report {
             }
             ch.fallbacks = ch.replies.iter().filter(|r| r.fallback).count() as u64;
             ch.said_per_hour = (ch.said as f64 / hours * 10.0).round() / 10.0;
+            ch.tokens_per_hour = ((ch.input_tokens + ch.output_tokens) as f64 / hours).round();
+            ch.cost = (ch.cost * 1e6).round() / 1e6;
             let mut users: Vec<(String, u64)> = std::mem::take(&mut ch.user_fires).into_iter().collect();
             users.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             users.truncate(5);

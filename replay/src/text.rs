@@ -82,12 +82,14 @@ fn channel(out: &mut String, ch: &ChannelReport) {
         out,
         "llm",
         format!(
-            "{} calls ({}) · {} · ~{} tokens in, ~{} out",
+            "{} calls ({}) · {} · ~{} tokens in, ~{} out (~{}/h, cost {:.4})",
             ch.llm_calls.values().sum::<u64>(),
             counts(&ch.llm_calls),
             if answers.is_empty() { "-".into() } else { answers.join(" | ") },
             ch.input_tokens,
-            ch.output_tokens
+            ch.output_tokens,
+            ch.tokens_per_hour,
+            ch.cost
         ),
     );
     let users: Vec<String> = ch.top_users.iter().map(|(u, n)| format!("{u} {n}")).collect();

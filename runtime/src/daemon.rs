@@ -259,6 +259,9 @@ impl Daemon {
     fn refresh_health(&self, engine: &Engine, connected: bool, reconnects: u64, shutting_down: bool) {
         let channels = engine.status();
         let queued: usize = channels.iter().map(|c| c.queued).sum();
+        for c in &channels {
+            self.shared.metrics.tokens(&c.name, c.tokens_hour);
+        }
         self.shared.metrics.queue_depth.set(queued as i64);
         self.shared.metrics.channels.set(channels.len() as i64);
         if let Ok(mut h) = self.shared.health.lock() {
@@ -266,6 +269,7 @@ impl Daemon {
             h.nats_connected = connected;
             h.reconnects = reconnects;
             h.shutting_down = shutting_down;
+            h.spend = engine.spend();
         }
     }
 

@@ -38,6 +38,8 @@ pub struct HealthState {
     pub providers: BTreeMap<String, ProviderHealth>,
     /// Shutdown in progress.
     pub shutting_down: bool,
+    /// Tokens spent over all channels in the last hour and day.
+    pub spend: (u64, u64),
 }
 
 /// One provider's recent record.
@@ -78,8 +80,10 @@ impl Shared {
                 "last_error": p.last_error,
                 "ok": p.ok,
             }))).collect::<serde_json::Map<_, _>>()},
+            "spend": {"tokens_last_hour": h.spend.0, "tokens_last_day": h.spend.1},
             "channels": h.channels.iter().map(|c| json!({
                 "name": c.name, "context_size": c.context_len, "in_flight": c.in_flight, "queued": c.queued,
+                "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
             })).collect::<Vec<_>>(),
         })
     }

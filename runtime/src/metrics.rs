@@ -43,6 +43,7 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// Channels configured.
     pub channels: Gauge,
+    tokens_hour: Family<ChannelLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             reconnects: Counter::default(),
             channels: Gauge::default(),
+            tokens_hour: Family::default(),
             registry: Registry::default(),
         };
         registry.register("events", "Kryten events received, by channel", m.events.clone());
@@ -80,6 +82,7 @@ impl Metrics {
         registry.register("llm_in_flight", "LLM requests outstanding", m.in_flight.clone());
         registry.register("nats_reconnects", "NATS reconnections since start", m.reconnects.clone());
         registry.register("channels", "Channels configured", m.channels.clone());
+        registry.register("tokens_last_hour", "LLM tokens spent in the last hour, by channel", m.tokens_hour.clone());
         Metrics { registry, ..m }
     }
 
@@ -108,6 +111,11 @@ impl Metrics {
     /// One message published to `channel`.
     pub fn sent(&self, channel: &str) {
         self.messages_sent.get_or_create(&ChannelLabel { channel: channel.to_owned() }).inc();
+    }
+
+    /// Tokens `channel` spent in the last hour.
+    pub fn tokens(&self, channel: &str, tokens: u64) {
+        self.tokens_hour.get_or_create(&ChannelLabel { channel: channel.to_owned() }).set(tokens as i64);
     }
 
     /// The Prometheus text exposition.

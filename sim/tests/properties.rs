@@ -58,6 +58,8 @@ struct Limits {
     mention_p: f64,
     contextual: bool,
     media: bool,
+    /// Tokens per hour per channel (0 = unlimited).
+    budget: u64,
 }
 
 fn limits(max_parts: impl Strategy<Value = usize>) -> impl Strategy<Value = Limits> {
@@ -70,10 +72,9 @@ fn limits(max_parts: impl Strategy<Value = usize>) -> impl Strategy<Value = Limi
         20usize..120,
         max_parts,
         prop_oneof![Just(1.0), Just(0.5)],
-        any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>(), prop_oneof![Just(0u64), 800u64..6_000]),
     )
-        .prop_map(|(pu, pc, gc, sp, mif, ml, mp, p, ctx, media)| Limits {
+        .prop_map(|(pu, pc, gc, sp, mif, ml, mp, p, (ctx, media, budget))| Limits {
             per_user: pu,
             per_channel: pc,
             global_cooldown: gc,
@@ -84,6 +85,7 @@ fn limits(max_parts: impl Strategy<Value = usize>) -> impl Strategy<Value = Limi
             mention_p: p,
             contextual: ctx,
             media,
+            budget,
         })
 }
 
@@ -93,8 +95,8 @@ fn config(l: &Limits) -> Config {
 bot: {{ name: KrytenBot, aliases: [kryten] }}
 llm:
   providers:
-    main: {{ base_url: "http://127.0.0.1:9/v1", model: m, timeout: 5s, retries: 0 }}
-    backup: {{ base_url: "http://127.0.0.1:9/v1", model: m, timeout: 5s, retries: 0 }}
+    main: {{ base_url: "http://127.0.0.1:9/v1", model: m, timeout: 5s, retries: 0, max_tokens: 400 }}
+    backup: {{ base_url: "http://127.0.0.1:9/v1", model: m, timeout: 5s, retries: 0, max_tokens: 400 }}
   fallback_responses: ["/kick everyone", "be right back"]
 defaults:
   provider: [main, backup]
@@ -111,6 +113,7 @@ defaults:
     send_spacing: {sp}ms
     max_in_flight: {mif}
   response: {{ max_length: {ml}, max_parts: {mp}, dedupe_window: 3 }}
+  budget: {{ tokens_per_hour: {budget} }}
 channels: [ {{ name: alpha }}, {{ name: beta }}, {{ name: gamma }} ]
 "#,
         p = l.mention_p,
@@ -125,6 +128,7 @@ channels: [ {{ name: alpha }}, {{ name: beta }}, {{ name: gamma }} ]
         mif = l.max_in_flight,
         ml = l.max_length,
         mp = l.max_parts,
+        budget = l.budget,
     );
     Config::parse(&yaml, "property.yaml").unwrap_or_else(|e| panic!("{e}"))
 }
@@ -294,6 +298,35 @@ proptest! {
     }
 
     #[test]
+    fn a_budget_is_never_exceeded_by_more_than_one_reply(
+        l in limits(Just(1)), events in prop::collection::vec(event(), 1..200), seed in any::<u64>()
+    ) {
+        prop_assume!(l.budget > 0);
+        let cfg = config(&l);
+        let mut prompts: BTreeMap<chatbot_core::RequestId, u64> = BTreeMap::new();
+        // (channel, minute) → tokens, as the engine accounts them.
+        let mut spent: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        let mut largest = 0u64;
+        for t in run(&cfg, &events, seed) {
+            match &t.what {
+                TraceItem::Effect(Effect::CallLlm(c)) => {
+                    prompts.insert(c.id, chatbot_core::budget::estimate_prompt(&c.messages));
+                }
+                TraceItem::Answered { id, result: Ok(reply), .. } => {
+                    let tokens = prompts[id] + chatbot_core::budget::estimate(&reply.text);
+                    largest = largest.max(tokens);
+                    *spent.entry((id.0 >> 32, t.at.0 / 60_000)).or_default() += tokens;
+                }
+                _ => {}
+            }
+        }
+        for &(ch, minute) in spent.keys() {
+            let hour: u64 = spent.range((ch, minute.saturating_sub(59))..=(ch, minute)).map(|(_, v)| v).sum();
+            prop_assert!(hour <= l.budget + largest, "channel {ch}: {hour} tokens in the hour to minute {minute}, budget {} (+ one reply of at most {largest})", l.budget);
+        }
+    }
+
+    #[test]
     fn a_channel_behaves_the_same_whatever_happens_in_other_channels(
         l in limits(1usize..3), events in prop::collection::vec(event(), 1..150), seed in any::<u64>()
     ) {
@@ -326,7 +359,7 @@ proptest! {
         channel in prop_oneof![Just("alpha".to_string()), Just("ALPHA".to_string()), "[a-z]{0,5}"],
     ) {
         let cfg = config(&Limits { per_user: (3, 60_000), per_channel: (10, 60_000), global_cooldown: 0, send_spacing: 0,
-            max_in_flight: 5, max_length: 320, max_parts: 1, mention_p: 1.0, contextual: true, media: true });
+            max_in_flight: 5, max_length: 320, max_parts: 1, mention_p: 1.0, contextual: true, media: true, budget: 0 });
         let mut sim = Sim::new(cfg, 1, Millis(T0), Box::new(Adversary), None);
         let body = serde_json::json!({"event_name": name, "channel": channel, "payload": payload}).to_string();
         sim.feed(Millis(T0 + 1), Input::Event { subject: None, body: body.into_bytes() });
