@@ -169,6 +169,16 @@ impl UserState {
     }
 }
 
+/// A provider's circuit breaker as one channel sees it.
+#[derive(Debug, Clone, Copy, Default)]
+struct BreakerState {
+    failures: u32,
+    /// Open until then; past it, one trial request is let through (half-open).
+    open_until: Option<Millis>,
+    /// A half-open trial is in flight.
+    trial: bool,
+}
+
 /// `base · 2^(n-1)`, at most `max`.
 fn doubling(base: Duration, n: u32, max: Duration) -> Duration {
     base.saturating_mul(1u32 << n.saturating_sub(1).min(20)).min(max)
@@ -229,6 +239,9 @@ pub(crate) struct Channel {
     present: BTreeSet<String>,
     spend: Ledger,
     global_budget: GlobalBudget,
+    /// This channel's view of each provider's health (per channel, so one channel's
+    /// traffic never changes another's behaviour).
+    breakers: BTreeMap<String, BreakerState>,
     pub stats: ChannelStats,
 }
 
@@ -267,6 +280,7 @@ impl Channel {
             present: BTreeSet::new(),
             spend: Ledger::default(),
             global_budget: GlobalBudget::default(),
+            breakers: BTreeMap::new(),
             stats: ChannelStats::default(),
             cfg,
         };
@@ -760,9 +774,58 @@ impl Channel {
     }
 
     /// Issues the LLM request for `pending` with its current provider.
+    /// The first provider from `from` on whose breaker lets a request through now.
+    fn pick_provider(&mut self, from: usize, now: Millis) -> Option<usize> {
+        (from..self.cfg.providers.len()).find(|&i| {
+            let b = self.breakers.entry(self.cfg.providers[i].clone()).or_default();
+            match b.open_until {
+                None => true,
+                Some(t) if now >= t && !b.trial => {
+                    b.trial = true;
+                    true
+                }
+                Some(_) => false,
+            }
+        })
+    }
+
+    /// Records a request's outcome in its provider's breaker.
+    fn breaker_outcome(&mut self, env: &Env, provider: &str, ok: bool) {
+        let cfg = env.llm.providers.get(provider).map(|p| p.breaker).unwrap_or_default();
+        let b = self.breakers.entry(provider.to_owned()).or_default();
+        if ok {
+            *b = BreakerState::default();
+            return;
+        }
+        b.failures += 1;
+        if cfg.failures > 0 && (b.trial || b.failures >= cfg.failures) {
+            b.open_until = Some(env.now.after(cfg.cooldown));
+            b.trial = false;
+        }
+    }
+
+    /// Issues the LLM request for `pending` with the first usable provider of its chain;
+    /// when every breaker is open, falls back at once.
     fn call(&mut self, env: &mut Env, mut pending: Pending) {
+        let Some(index) = self.pick_provider(pending.provider_index, env.now) else {
+            let (cid, user) = (pending.correlation_id.clone(), pending.user.clone());
+            self.decide(
+                env,
+                cid.as_deref(),
+                user.as_deref(),
+                Some(pending.trigger),
+                Outcome::Dropped,
+                Some(Reason::ProvidersDown),
+            );
+            if pending.purpose == Purpose::Reply {
+                self.fall_back(env, &pending);
+                self.flush(env);
+            }
+            return;
+        };
+        pending.provider_index = index;
         let id = self.next_id();
-        let provider = self.cfg.providers[pending.provider_index.min(self.cfg.providers.len() - 1)].clone();
+        let provider = self.cfg.providers[index].clone();
         let max_tokens = env.llm.providers.get(&provider).map_or(0, |p| u64::from(p.max_tokens));
         pending.reserved = budget::estimate_prompt(&pending.messages) + max_tokens;
         self.spend.reserved += pending.reserved;
@@ -861,6 +924,13 @@ impl Channel {
         env.timers.disarm(TimerKey::LlmDeadline(id));
         self.spend.reserved = self.spend.reserved.saturating_sub(pending.reserved);
         env.global.reserved = env.global.reserved.saturating_sub(pending.reserved);
+        let provider = self.cfg.providers.get(pending.provider_index).cloned().unwrap_or_default();
+        match &result {
+            Ok(_) => self.breaker_outcome(env, &provider, true),
+            Err(e) if e.is_transient() => self.breaker_outcome(env, &provider, false),
+            // It answered (badly): reachable, so the breaker closes.
+            Err(_) => self.breaker_outcome(env, &provider, true),
+        }
         if let Ok(reply) = &result {
             let tokens = reply.usage.map_or_else(
                 || budget::estimate_prompt(&pending.messages) + budget::estimate(&reply.text),

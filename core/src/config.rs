@@ -506,6 +506,37 @@ struct RawProvider {
     retries: u32,
     #[serde(default)]
     price_per_million: Price,
+    #[serde(default)]
+    breaker: Breaker,
+}
+
+/// A provider's circuit breaker: opens after `failures` transient failures in a row,
+/// lets one request through after `cooldown`, closes on success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failures that open it (0 = never).
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long it stays open before one trial request.
+    #[serde(default = "default_breaker_cooldown", deserialize_with = "duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker { failures: default_breaker_failures(), cooldown: default_breaker_cooldown() }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Dur::deserialize(d).map(|d| d.0)
 }
 
 fn default_temperature() -> f32 {
@@ -686,6 +717,8 @@ pub struct ProviderConfig {
     pub retries: u32,
     /// Prices, for spend reports.
     pub price_per_million: Price,
+    /// Circuit breaker settings.
+    pub breaker: Breaker,
 }
 
 /// One channel, with `defaults` applied.
@@ -961,6 +994,7 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
                 timeout: p.timeout.0,
                 retries: p.retries,
                 price_per_million: p.price_per_million,
+                breaker: p.breaker,
             },
         );
     }

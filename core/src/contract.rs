@@ -333,6 +333,8 @@ pub enum Reason {
     PromptLeak,
     /// The LLM failed (the kind is in the label).
     LlmFailed(LlmError),
+    /// Every provider in the channel's chain has its circuit breaker open.
+    ProvidersDown,
     /// The queue of replies waiting to be sent was full.
     QueueFull,
     /// The channel was removed by a reload.
@@ -376,6 +378,7 @@ impl Reason {
             Reason::ReasoningOnly => "reasoning_only",
             Reason::PromptLeak => "prompt_leak",
             Reason::LlmFailed(e) => e.label(),
+            Reason::ProvidersDown => "providers_down",
             Reason::QueueFull => "queue_full",
             Reason::ChannelRemoved => "channel_removed",
             Reason::Fallback => "fallback",

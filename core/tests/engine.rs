@@ -566,3 +566,59 @@ fn requests_in_flight_reserve_their_estimate_against_the_budget() {
     assert_eq!(bot.calls().len(), 2);
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::Budget]);
 }
+
+#[test]
+fn a_failing_provider_opens_its_breaker_then_is_tried_again_after_the_cooldown() {
+    let mut bot = Bot::from_yaml(
+        r#"
+bot: { name: KrytenBot }
+llm:
+  providers:
+    main: { base_url: "http://127.0.0.1:9/v1", model: m, breaker: { failures: 2, cooldown: 30s } }
+    backup: { base_url: "http://127.0.0.1:10/v1", model: m, breaker: { failures: 2, cooldown: 30s } }
+  fallback_responses: ["all lines are busy"]
+defaults: { provider: [main, backup], limits: { global_cooldown: 0s, send_spacing: 0s }, loop_guard: { max_exchanges: 100 } }
+channels: [ { name: lounge } ]
+"#,
+    );
+    for i in 0..2 {
+        bot.say(&format!("u{i}"), "KrytenBot?");
+        let first = bot.last_call();
+        assert_eq!(first.provider, "main");
+        bot.fail(&first, LlmError::Status(503));
+        assert_eq!(bot.last_call().provider, "backup");
+        bot.answer("from backup");
+        bot.wait(1_000);
+    }
+    // Open: main is skipped without a request.
+    bot.say("u2", "KrytenBot?");
+    assert_eq!(bot.last_call().provider, "backup");
+    bot.answer("still backup");
+    // After the cooldown one trial goes to main; success closes the breaker.
+    bot.wait(30_000);
+    bot.say("u3", "KrytenBot?");
+    assert_eq!(bot.last_call().provider, "main");
+    bot.answer("main is back");
+    assert_eq!(bot.said().last().map(String::as_str), Some("main is back"));
+}
+
+#[test]
+fn when_every_breaker_is_open_the_fallback_is_said_without_calling() {
+    let mut bot = Bot::from_yaml(
+        r#"
+bot: { name: KrytenBot }
+llm:
+  providers: { main: { base_url: "http://127.0.0.1:9/v1", model: m, breaker: { failures: 1, cooldown: 1m } } }
+  fallback_responses: ["all lines are busy"]
+defaults: { limits: { global_cooldown: 0s, send_spacing: 0s }, loop_guard: { max_exchanges: 100 } }
+channels: [ { name: lounge } ]
+"#,
+    );
+    bot.say("a", "KrytenBot?");
+    let call = bot.last_call();
+    bot.fail(&call, LlmError::Timeout);
+    bot.say("b", "KrytenBot??");
+    assert_eq!(bot.calls().len(), 1, "no request while the only provider is open");
+    assert_eq!(bot.reasons(Outcome::Dropped), [Reason::LlmFailed(LlmError::Timeout), Reason::ProvidersDown]);
+    assert_eq!(bot.said(), ["all lines are busy", "all lines are busy"]);
+}
