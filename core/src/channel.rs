@@ -39,6 +39,7 @@ const MAX_PM_THREADS: usize = 64;
 const MAX_PRESENT_USERS: usize = 4096;
 const USER_PRUNE_THRESHOLD: usize = 1024;
 const MAX_EVENT_KINDS: usize = 64;
+const RECENT_DECISIONS: usize = 200;
 /// Slack on top of the runtime's own timeouts and retries before the engine gives up on
 /// a request by itself.
 const DEADLINE_SLACK: Duration = Duration::from_secs(10);
@@ -242,6 +243,10 @@ pub(crate) struct Channel {
     /// This channel's view of each provider's health (per channel, so one channel's
     /// traffic never changes another's behaviour).
     breakers: BTreeMap<String, BreakerState>,
+    /// Paused by an operator.
+    pub muted: bool,
+    /// The last decisions, for `decisions.recent` (bounded).
+    recent_decisions: VecDeque<Decision>,
     pub stats: ChannelStats,
 }
 
@@ -281,6 +286,8 @@ impl Channel {
             spend: Ledger::default(),
             global_budget: GlobalBudget::default(),
             breakers: BTreeMap::new(),
+            muted: false,
+            recent_decisions: VecDeque::new(),
             stats: ChannelStats::default(),
             cfg,
         };
@@ -300,6 +307,43 @@ impl Channel {
         if contextual_changed {
             timers.disarm(TimerKey::Participation(self.slot));
             self.arm_participation(now, timers);
+        }
+    }
+
+    /// The last decisions, newest last (at most `n`).
+    pub fn recent_decisions(&self, n: usize) -> Vec<Decision> {
+        let skip = self.recent_decisions.len().saturating_sub(n);
+        self.recent_decisions.iter().skip(skip).cloned().collect()
+    }
+
+    /// Applies an operator control.
+    pub fn control(&mut self, env: &mut Env, action: crate::contract::Control) {
+        use crate::contract::Control;
+        match action {
+            Control::Mute => {
+                self.muted = true;
+                // Replies already waiting are not said either.
+                for o in std::mem::take(&mut self.outbox) {
+                    let cid = o.command.correlation_id.clone();
+                    self.decide(
+                        env,
+                        cid.as_deref(),
+                        o.user.as_deref(),
+                        Some(o.trigger),
+                        Outcome::Dropped,
+                        Some(Reason::Muted),
+                    );
+                    if o.first {
+                        self.settle(o.user.as_deref(), None);
+                    }
+                }
+            }
+            Control::Unmute => self.muted = false,
+            Control::ClearContext => {
+                self.context.clear();
+                self.pm_threads.clear();
+                self.new_lines = 0;
+            }
         }
     }
 
@@ -341,7 +385,7 @@ impl Channel {
     }
 
     fn decide(
-        &self,
+        &mut self,
         env: &mut Env,
         correlation_id: Option<&str>,
         user: Option<&str>,
@@ -349,7 +393,7 @@ impl Channel {
         outcome: Outcome,
         reason: Option<Reason>,
     ) {
-        env.out.push_back(Effect::Decision(Decision {
+        let d = Decision {
             at: env.now,
             channel: self.cfg.name.clone(),
             correlation_id: correlation_id.map(str::to_owned),
@@ -357,16 +401,28 @@ impl Channel {
             trigger,
             outcome,
             reason,
-        }));
+        };
+        if self.recent_decisions.len() == RECENT_DECISIONS {
+            self.recent_decisions.pop_front();
+        }
+        self.recent_decisions.push_back(d.clone());
+        env.out.push_back(Effect::Decision(d));
     }
 
     /// A decision of the contextual trigger (no user, no event).
-    fn contextual(&self, env: &mut Env, outcome: Outcome, reason: Reason) {
+    fn contextual(&mut self, env: &mut Env, outcome: Outcome, reason: Reason) {
         self.decide(env, None, None, Some(Trigger::Contextual), outcome, Some(reason));
     }
 
     /// An `ignored` decision: the event is not considered at all.
-    fn ignore(&self, env: &mut Env, cid: Option<&str>, user: Option<&str>, trigger: Option<Trigger>, reason: Reason) {
+    fn ignore(
+        &mut self,
+        env: &mut Env,
+        cid: Option<&str>,
+        user: Option<&str>,
+        trigger: Option<Trigger>,
+        reason: Reason,
+    ) {
         self.decide(env, cid, user, trigger, Outcome::Ignored, Some(reason));
     }
 
@@ -610,6 +666,9 @@ impl Channel {
     fn check(&mut self, env: &mut Env, ask: &Ask) -> Result<(), Reason> {
         if env.shutting_down {
             return Err(Reason::ShuttingDown);
+        }
+        if self.muted {
+            return Err(Reason::Muted);
         }
         if let Some(user) = ask.user {
             let penalised =
@@ -1030,6 +1089,18 @@ impl Channel {
     }
 
     fn enqueue(&mut self, env: &mut Env, pending: &Pending, parts: Vec<String>, reason: Option<Reason>) {
+        if self.muted {
+            let cid = pending.correlation_id.clone();
+            self.decide(
+                env,
+                cid.as_deref(),
+                pending.user.as_deref(),
+                Some(pending.trigger),
+                Outcome::Dropped,
+                Some(Reason::Muted),
+            );
+            return self.settle(pending.user.as_deref(), None);
+        }
         if reason != Some(Reason::Fallback) {
             self.recent.remember(&parts.join(" "), self.cfg.response.dedupe_window);
         }

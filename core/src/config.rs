@@ -382,6 +382,8 @@ struct RawConfig {
     defaults: RawChannel,
     #[serde(default)]
     channels: Vec<RawChannel>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -571,6 +573,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// The channels, in file order, with `defaults` applied.
     pub channels: Vec<ChannelConfig>,
+    /// Run everything, the LLM included, but log commands instead of publishing them.
+    pub dry_run: bool,
 }
 
 /// `bot:`
@@ -944,7 +948,7 @@ impl Config {
             let merged = ch.over(defaults.clone());
             channels.push(resolve_channel(name, merged, &path, &llm, &at)?);
         }
-        Ok(Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels })
+        Ok(Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run })
     }
 
     /// The channel with this name, compared case-insensitively.

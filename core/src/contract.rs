@@ -35,12 +35,30 @@ pub enum Input {
     Reload(Box<Config>),
     /// Stop starting new work; report [`Effect::ShutdownComplete`] once idle.
     Shutdown,
+    /// An operator's instruction for one channel (from `kryten.{service}.command`).
+    Control {
+        /// Channel name (case-insensitive).
+        channel: String,
+        /// What to do.
+        action: Control,
+    },
     /// The link to NATS went up or down. While down, replies wait in the channel's queue
     /// (bounded by `nats.outbound_queue`) and leave with normal spacing on reconnect.
     Connection {
         /// True when connected.
         up: bool,
     },
+}
+
+/// Operator controls of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop speaking (events are still read and remembered).
+    Mute,
+    /// Speak again.
+    Unmute,
+    /// Forget the channel's context and PM conversations.
+    ClearContext,
 }
 
 /// Identifies one LLM request. Unique per engine; encodes the channel's slot so ids in
@@ -310,6 +328,8 @@ pub enum Reason {
     MaxInFlight,
     /// Shutdown in progress.
     ShuttingDown,
+    /// An operator muted the channel.
+    Muted,
     /// Another account and the bot were going back and forth (bot loop): backing off.
     LoopGuard,
     /// The user kept hitting limits: their personal cooldown is running.
@@ -367,6 +387,7 @@ impl Reason {
             Reason::PerChannelLimit => "per_channel_limit",
             Reason::MaxInFlight => "max_in_flight",
             Reason::ShuttingDown => "shutting_down",
+            Reason::Muted => "muted",
             Reason::LoopGuard => "loop_guard",
             Reason::Penalty => "penalty",
             Reason::Budget => "budget",

@@ -92,6 +92,11 @@ impl Engine {
                 self.with_channel(slot, |ch, env| ch.on_llm_done(env, id, result));
             }
             Input::Tick => {}
+            Input::Control { channel, action } => {
+                if let Some(slot) = self.slot_of(&channel) {
+                    self.with_channel(slot, |ch, env| ch.control(env, action));
+                }
+            }
             Input::Reload(config) => self.apply_config(*config),
             Input::Shutdown => {
                 self.shutting_down = true;
@@ -148,6 +153,21 @@ impl Engine {
     /// Bodies that could not be routed to a channel (not an envelope, unknown channel).
     pub fn unrouted(&self) -> u64 {
         self.unrouted
+    }
+
+    /// Whether `channel` is configured (case-insensitive).
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.slot_of(channel).is_some()
+    }
+
+    /// The last `n` decisions of `channel`, newest last.
+    pub fn recent_decisions(&self, channel: &str, n: usize) -> Vec<crate::contract::Decision> {
+        self.slot_of(channel).and_then(|s| self.channels.get(&s)).map(|c| c.recent_decisions(n)).unwrap_or_default()
+    }
+
+    /// Whether `channel` is muted.
+    pub fn is_muted(&self, channel: &str) -> bool {
+        self.slot_of(channel).and_then(|s| self.channels.get(&s)).is_some_and(|c| c.muted)
     }
 
     /// Tokens spent over all channels in the last hour and day.

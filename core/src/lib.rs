@@ -37,8 +37,8 @@ pub mod trigger;
 pub use channel::{ChannelStats, ChannelStatus};
 pub use config::{Config, ConfigError};
 pub use contract::{
-    Command, CommandKind, Decision, Effect, Input, LlmCall, LlmError, LlmReply, Outcome, PromptMessage, Purpose,
-    Reason, RequestId, Role, Usage,
+    Command, CommandKind, Control, Decision, Effect, Input, LlmCall, LlmError, LlmReply, Outcome, PromptMessage,
+    Purpose, Reason, RequestId, Role, Usage,
 };
 pub use engine::Engine;
 pub use time::Millis;

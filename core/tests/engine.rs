@@ -622,3 +622,27 @@ channels: [ { name: lounge } ]
     assert_eq!(bot.reasons(Outcome::Dropped), [Reason::LlmFailed(LlmError::Timeout), Reason::ProvidersDown]);
     assert_eq!(bot.said(), ["all lines are busy", "all lines are busy"]);
 }
+
+#[test]
+fn operators_can_mute_unmute_and_clear_a_channel() {
+    let mut bot = Bot::new(LOUNGE);
+    bot.say("alice", "remember me");
+    bot.say("bob", "kryten?");
+    let pending = bot.last_call();
+    let control = |action| Input::Control { channel: "LOUNGE".into(), action };
+    bot.input(control(chatbot_core::Control::Mute));
+    assert!(bot.engine.is_muted("lounge"));
+    bot.reply(&pending, "too late, muted");
+    bot.say("carol", "kryten??");
+    assert!(bot.said().is_empty());
+    assert_eq!(bot.reasons(Outcome::Dropped), [Reason::Muted]);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::Muted]);
+    bot.input(control(chatbot_core::Control::ClearContext));
+    bot.input(control(chatbot_core::Control::Unmute));
+    bot.say("dave", "kryten, back?");
+    let call = bot.last_call();
+    assert_eq!(call.messages.len(), 2, "context cleared: only the system prompt and dave's line");
+    let recent = bot.engine.recent_decisions("lounge", 2);
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[1].outcome, Outcome::Fired);
+}

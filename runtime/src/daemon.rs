@@ -233,6 +233,14 @@ impl Daemon {
                         &request_id,
                     );
                     tracing::debug!(channel = %cmd.channel, text = cmd.kind.text(), "publishing");
+                    if config.dry_run {
+                        let kind = match cmd.kind {
+                            chatbot_core::CommandKind::Say { .. } => "say",
+                            chatbot_core::CommandKind::Pm { .. } => "pm",
+                        };
+                        tracing::info!(channel = %cmd.channel, kind, subject, "dry run: command not published");
+                        continue;
+                    }
                     match self.client.publish(subject, body.into()).await {
                         Ok(()) => self.shared.metrics.sent(&cmd.channel),
                         Err(e) => tracing::warn!(channel = %cmd.channel, error = %e, "publish failed"),
@@ -439,10 +447,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
             _ = int.recv() => { shutdown_reason = "SIGINT"; begin_shutdown(&mut engine, &mut subs, &d, &mut shutdown_deadline); }
             // kryten.{service}.command: system.ping / system.health.
             Some(req) = commands.next() => {
+                let body = service_command(&mut engine, &d, &req.payload);
                 if let Some(reply) = req.reply {
-                    let config = engine.config();
-                    let id = d.identity(config);
-                    let body = kryten::service_reply(&id, &req.payload, d.clock.now(), d.started.elapsed().as_secs_f64(), || d.shared.health_json());
                     let _ = d.client.publish(reply, body.into()).await;
                 }
             }
@@ -476,6 +482,68 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     http_task.abort();
     tracing::info!(reason = shutdown_reason, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
+}
+
+/// Answers a request on `kryten.{service}.command`. Operator controls go to the engine
+/// as inputs; queries read it. Arguments may be top-level or under `args`.
+fn service_command(engine: &mut Engine, d: &Daemon, payload: &[u8]) -> Vec<u8> {
+    use serde_json::{json, Value};
+    let req: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+    let command = req.get("command").and_then(Value::as_str).unwrap_or("").to_owned();
+    let arg = |k: &str| req.get(k).or_else(|| req.get("args").and_then(|a| a.get(k))).cloned();
+    let service = engine.config().kryten.service_name.clone();
+    let reply = |data: Value| {
+        json!({"service": service, "command": command, "success": true, "data": data}).to_string().into_bytes()
+    };
+    let fail = |error: String| {
+        json!({"service": service, "command": command, "success": false, "error": error}).to_string().into_bytes()
+    };
+    let channel = arg("channel").and_then(|v| v.as_str().map(str::to_owned));
+    let known = |c: &Option<String>| c.as_ref().filter(|c| engine.has_channel(c)).cloned();
+    match command.as_str() {
+        "channel.mute" | "channel.unmute" | "context.clear" => {
+            let Some(ch) = known(&channel) else {
+                return fail(format!("unknown channel: {}", channel.unwrap_or_default()));
+            };
+            let action = match command.as_str() {
+                "channel.mute" => chatbot_core::Control::Mute,
+                "channel.unmute" => chatbot_core::Control::Unmute,
+                _ => chatbot_core::Control::ClearContext,
+            };
+            tracing::info!(channel = %ch, command, "operator control");
+            engine.handle(d.clock.now(), Input::Control { channel: ch.clone(), action });
+            reply(json!({"channel": ch, "muted": engine.is_muted(&ch)}))
+        }
+        "decisions.recent" => {
+            let Some(ch) = known(&channel) else {
+                return fail(format!("unknown channel: {}", channel.unwrap_or_default()));
+            };
+            let limit = arg("limit").and_then(|v| v.as_u64()).unwrap_or(20).min(200) as usize;
+            reply(json!({"channel": ch, "decisions": engine.recent_decisions(&ch, limit)}))
+        }
+        "budget.status" => {
+            let (hour, day) = engine.spend();
+            let config = engine.config();
+            let channels: Vec<Value> = engine
+                .status()
+                .into_iter()
+                .map(|c| {
+                    let b = config.channel(&c.name).map(|cc| cc.budget);
+                    json!({"name": c.name, "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
+                           "tokens_per_hour": b.map(|b| b.tokens_per_hour), "tokens_per_day": b.map(|b| b.tokens_per_day)})
+                })
+                .collect();
+            reply(json!({"tokens_last_hour": hour, "tokens_last_day": day,
+                         "tokens_per_hour": config.llm.budget.tokens_per_hour, "tokens_per_day": config.llm.budget.tokens_per_day,
+                         "channels": channels}))
+        }
+        _ => {
+            let id = d.identity(engine.config());
+            kryten::service_reply(&id, payload, d.clock.now(), d.started.elapsed().as_secs_f64(), || {
+                d.shared.health_json()
+            })
+        }
+    }
 }
 
 fn begin_shutdown(
