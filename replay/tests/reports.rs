@@ -136,6 +136,8 @@ fn compare_shows_what_a_stricter_config_changes() {
 
 #[test]
 fn injected_faults_and_a_provider_outage_show_in_the_report() {
+    // demo.jsonl also holds a spam burst and another bot looping with ours: the snapshot
+    // shows the penalty and loop guard at work next to the outage.
     let corpus = read("corpus/demo.jsonl");
     let config = Config::parse(
         r#"
@@ -158,6 +160,7 @@ channels: [ { name: lounge } ]
         llm_label: "script:outage".into(),
     };
     let report = replay(BufReader::new(corpus.as_bytes()), config, opts, |_| {});
+    insta::assert_snapshot!("outage_loop_and_spam_on_the_demo_corpus", report.to_text());
     let answers = &report.channels[0].llm_answers;
     assert!(answers["main"].get("llm_http_status").copied().unwrap_or(0) > 0, "{answers:?}");
     assert!(answers["backup"].get("ok").copied().unwrap_or(0) > 0, "{answers:?}");
