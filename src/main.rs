@@ -15,8 +15,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "llm-chatbot",
-    version,
-    about = "An OpenAI-compatible LLM taking part in CyTube chat through Kryten-Robot and NATS"
+    version = env!("LLM_CHATBOT_VERSION"),
+    about = "An OpenAI-compatible LLM taking part in CyTube chat through Kryten-Robot and NATS",
+    long_about = "An OpenAI-compatible LLM taking part in CyTube chat through Kryten-Robot and NATS.\n\n\
+        `run` is the daemon; `check` validates a config; `replay` shows, offline, what a config would \
+        do on recorded chat; `record` captures such chat from NATS."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +45,10 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Also print each channel's effective settings (after `defaults`) and warn about
+        /// risky ones.
+        #[arg(long)]
+        explain: bool,
     },
     /// Capture the configured channels' Kryten events from NATS into a corpus (JSONL).
     Record {
@@ -152,9 +159,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match load_config(&config) {
+        Command::Check { config, explain } => match load_config(&config) {
             Ok(cfg) => {
                 print!("{}", summary(&config, &cfg));
+                if explain {
+                    print!("{}", explain_config(&cfg));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -350,6 +360,63 @@ fn summary(path: &Path, cfg: &Config) -> String {
             ch.limits.per_channel.max,
             humantime::format_duration(ch.limits.per_channel.window),
         );
+    }
+    s
+}
+
+/// `check --explain`: every channel's effective settings, then warnings.
+fn explain_config(cfg: &Config) -> String {
+    use std::fmt::Write;
+    let d = |x: std::time::Duration| humantime::format_duration(x).to_string();
+    let mut s = String::new();
+    for ch in &cfg.channels {
+        let (t, l, r) = (&ch.triggers, &ch.limits, &ch.response);
+        let _ = writeln!(s, "\nchannel {}:", ch.name);
+        let _ = writeln!(s, "  provider chain: {}", ch.providers.join(" → "));
+        let _ = writeln!(s, "  context: {} lines, {}", ch.context.max_messages, d(ch.context.max_age));
+        let _ = writeln!(
+            s,
+            "  mention: {} (p={}, cooldown {}); pm: {}; media_change: {} (p={}); contextual: {} (every {}, ≥{} new lines, p={})",
+            t.mention.enabled, t.mention.probability, d(t.mention.cooldown), t.pm_enabled, t.media_change.enabled,
+            t.media_change.probability, t.contextual.enabled, d(t.contextual.every), t.contextual.min_new_messages, t.contextual.probability
+        );
+        for k in &t.keywords {
+            let _ = writeln!(s, "  keywords {:?}: p={}, cooldown {}", k.words, k.probability, d(k.cooldown));
+        }
+        let _ = writeln!(
+            s,
+            "  limits: {}/{} per user, {}/{} per channel, global cooldown {}, media cooldown {}, {} in flight, spacing {}",
+            l.per_user.max, d(l.per_user.window), l.per_channel.max, d(l.per_channel.window), d(l.global_cooldown),
+            d(l.media_change_cooldown), l.max_in_flight, d(l.send_spacing)
+        );
+        let _ = writeln!(
+            s,
+            "  response: ≤{} UTF-16 units × {} part(s), markdown stripped: {}, {} block pattern(s), {} block keyword(s), dedupe {}",
+            r.max_length, r.max_parts, r.strip_markdown, r.block_patterns.len(), r.block_keywords.len(), r.dedupe_window
+        );
+        let (g, p, b) = (&ch.loop_guard, &ch.penalty, &ch.budget);
+        let _ = writeln!(
+            s,
+            "  loop guard: {} exchanges / {}, backoff {}; penalty {}..{}; budget {}/h {}/day (PMs {})",
+            g.max_exchanges,
+            d(g.window),
+            d(g.backoff),
+            d(p.base),
+            d(p.max),
+            b.tokens_per_hour,
+            b.tokens_per_day,
+            if b.include_pms { "included" } else { "exempt" }
+        );
+        if !ch.ignore_users.is_empty() {
+            let _ = writeln!(s, "  ignores: {}", ch.ignore_users.join(", "));
+        }
+    }
+    let warnings = cfg.warnings(|var| std::env::var_os(var).is_some());
+    if !warnings.is_empty() {
+        let _ = writeln!(s, "\nwarnings:");
+        for w in warnings {
+            let _ = writeln!(s, "  - {w}");
+        }
     }
     s
 }

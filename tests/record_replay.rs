@@ -113,3 +113,31 @@ fn check_prints_a_summary_or_the_located_error() {
     assert!(err.contains("bad.yaml:2:") && err.contains("use api_key_env"), "{err}");
     assert!(!err.contains("sk-1"), "{err}");
 }
+
+#[test]
+fn explain_shows_effective_settings_and_warns_about_risky_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("risky.yaml");
+    std::fs::write(
+        &cfg,
+        "bot: { name: B }\nllm: { providers: { main: { base_url: 'http://x', model: m, api_key_env: LLMTEST_UNSET_KEY } } }\n\
+         defaults: { limits: { send_spacing: 0s } }\nchannels: [ { name: a, triggers: { keywords: [ { words: [lol] } ] } } ]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--explain", "-c"])
+        .arg(&cfg)
+        .env_remove("LLMTEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("channel a:") && text.contains("limits: 3/1m per user"), "{text}");
+    assert!(text.contains("LLMTEST_UNSET_KEY is not set"), "{text}");
+    assert!(text.contains("keyword `lol` is common"), "{text}");
+    assert!(text.contains("send_spacing below 1s"), "{text}");
+
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with("llm-chatbot 0."), "{version}");
+}
