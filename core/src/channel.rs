@@ -324,18 +324,7 @@ impl Channel {
                 self.muted = true;
                 // Replies already waiting are not said either.
                 for o in std::mem::take(&mut self.outbox) {
-                    let cid = o.command.correlation_id.clone();
-                    self.decide(
-                        env,
-                        cid.as_deref(),
-                        o.user.as_deref(),
-                        Some(o.trigger),
-                        Outcome::Dropped,
-                        Some(Reason::Muted),
-                    );
-                    if o.first {
-                        self.settle(o.user.as_deref(), None);
-                    }
+                    self.drop_outgoing(env, o, Reason::Muted);
                 }
             }
             Control::Unmute => self.muted = false,
@@ -1123,19 +1112,18 @@ impl Channel {
         }
         while self.outbox.len() > env.outbound_queue.max(1) {
             if let Some(dropped) = self.outbox.pop_front() {
-                let cid = dropped.command.correlation_id.as_deref();
-                self.decide(
-                    env,
-                    cid,
-                    dropped.user.as_deref(),
-                    Some(dropped.trigger),
-                    Outcome::Dropped,
-                    Some(Reason::QueueFull),
-                );
-                if dropped.first {
-                    self.settle(dropped.user.as_deref(), None);
-                }
+                self.drop_outgoing(env, dropped, Reason::QueueFull);
             }
+        }
+    }
+
+    /// Throws away a queued message with its reason; the first part of a reply also ends
+    /// the reply's pending state.
+    fn drop_outgoing(&mut self, env: &mut Env, o: Outgoing, reason: Reason) {
+        let cid = o.command.correlation_id.as_deref();
+        self.decide(env, cid, o.user.as_deref(), Some(o.trigger), Outcome::Dropped, Some(reason));
+        if o.first {
+            self.settle(o.user.as_deref(), None);
         }
     }
 
@@ -1194,8 +1182,7 @@ impl Channel {
             );
         }
         for o in std::mem::take(&mut self.outbox) {
-            let cid = o.command.correlation_id.as_deref();
-            self.decide(env, cid, o.user.as_deref(), Some(o.trigger), Outcome::Dropped, Some(Reason::ChannelRemoved));
+            self.drop_outgoing(env, o, Reason::ChannelRemoved);
         }
     }
 }
