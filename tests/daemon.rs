@@ -234,10 +234,17 @@ async fn health_metrics_lifecycle_and_service_commands_answer() {
     let (_nats, _llm, bot, client, mut commands) = setup(&["lounge"], "").await;
     publish_event(&client, "lounge", "chatMsg", chat("lounge", "alice", "kryten?", "m-1")).await;
     commands.next(T).await.expect("a reply");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let (status, body) = http_get(bot.http_port, "/health").await;
-    assert_eq!(status, 200);
-    let h: Value = serde_json::from_str(&body).unwrap();
+    // /health is a snapshot refreshed every 250 ms: poll (bounded) until it shows the line.
+    let mut h = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = http_get(bot.http_port, "/health").await;
+        assert_eq!(status, 200);
+        h = serde_json::from_str(&body).unwrap();
+        if h["channels"][0]["context_size"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(h["status"], "ok");
     assert_eq!(h["nats"]["state"], "connected");
     assert_eq!(h["channels"][0]["name"], "lounge");
