@@ -11,7 +11,7 @@
 //! contains more than `max` sends, however late the LLM answers.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,6 @@ use crate::trigger::{Matcher, Trigger};
 /// Bounds on per-channel memory (TigerBeetle style: everything has a limit).
 const SEEN_EVENTS: usize = 1024;
 const MAX_PM_THREADS: usize = 64;
-const MAX_PRESENT_USERS: usize = 4096;
 const USER_PRUNE_THRESHOLD: usize = 1024;
 const MAX_EVENT_KINDS: usize = 64;
 const RECENT_DECISIONS: usize = 200;
@@ -237,7 +236,6 @@ pub(crate) struct Channel {
     new_lines: usize,
     seen: Seen,
     fallback_next: usize,
-    present: BTreeSet<String>,
     spend: Ledger,
     global_budget: GlobalBudget,
     /// This channel's view of each provider's health (per channel, so one channel's
@@ -282,7 +280,6 @@ impl Channel {
             new_lines: 0,
             seen: Seen::default(),
             fallback_next: 0,
-            present: BTreeSet::new(),
             spend: Ledger::default(),
             global_budget: GlobalBudget::default(),
             breakers: BTreeMap::new(),
@@ -562,20 +559,6 @@ impl Channel {
             prompt: Prompt::Media(title.to_owned()),
         };
         let _ = self.consider(env, ask);
-    }
-
-    pub fn on_presence(&mut self, joined: &[String], left: Option<&str>, replace: bool) {
-        if replace {
-            self.present.clear();
-        }
-        for name in joined {
-            if self.present.len() < MAX_PRESENT_USERS {
-                self.present.insert(name.to_lowercase());
-            }
-        }
-        if let Some(name) = left {
-            self.present.remove(&name.to_lowercase());
-        }
     }
 
     /// The contextual trigger's timer.

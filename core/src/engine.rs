@@ -249,9 +249,8 @@ impl Engine {
                 Event::Chat(m) => ch.on_chat(e, m, cid.as_deref()),
                 Event::Pm { message, to } => ch.on_pm(e, message, &to, cid.as_deref()),
                 Event::MediaChange { id, title, fresh } => ch.on_media(e, &id, &title, fresh, cid.as_deref()),
-                Event::UserJoined(name) => ch.on_presence(&[name], None, false),
-                Event::UserLeft(name) => ch.on_presence(&[], Some(&name), false),
-                Event::UserList(names) => ch.on_presence(&names, None, true),
+                // Counted above; no decision uses who is present (yet).
+                Event::UserJoined(_) | Event::UserLeft(_) | Event::UserList(_) => {}
                 Event::Malformed { .. } => e.out.push_back(Effect::Decision(Decision {
                     at: e.now,
                     channel: ch.cfg.name.clone(),

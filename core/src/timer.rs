@@ -43,11 +43,6 @@ impl Timers {
         }
     }
 
-    /// Is `key` armed?
-    pub fn is_armed(&self, key: TimerKey) -> bool {
-        self.by_key.contains_key(&key)
-    }
-
     /// The earliest deadline.
     pub fn next(&self) -> Option<Millis> {
         self.by_time.first().map(|(t, _)| *t)

@@ -143,8 +143,9 @@ impl Subscriptions {
 }
 
 async fn forward(mut sub: Subscriber, channel: String, tx: mpsc::Sender<async_nats::Message>, shared: Arc<Shared>) {
+    let events = shared.metrics.events_of(&channel);
     while let Some(msg) = sub.next().await {
-        shared.metrics.event(&channel);
+        events.inc();
         if tx.send(msg).await.is_err() {
             break;
         }
