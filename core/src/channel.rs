@@ -27,6 +27,7 @@ use crate::contract::{
     RequestId, Role,
 };
 use crate::event::Message;
+use crate::lease::{LimitSnapshot, UserLimits, SNAPSHOT_USERS};
 use crate::limit::{cooled_down, SlidingWindow};
 use crate::response::{Recent, Rejection, Rules};
 use crate::time::Millis;
@@ -213,6 +214,7 @@ fn key_of(parts: impl Hash) -> u64 {
     h.finish()
 }
 
+#[derive(Clone)]
 pub(crate) struct Channel {
     pub slot: u32,
     pub cfg: ChannelConfig,
@@ -243,6 +245,11 @@ pub(crate) struct Channel {
     breakers: BTreeMap<String, BreakerState>,
     /// Paused by an operator.
     pub muted: bool,
+    /// May speak: always without `ha`; with it, while this instance holds the lease.
+    /// A standby still reads everything (warm context) and counts the bot's own lines.
+    pub owner: bool,
+    /// Limit state changed since the engine last looked (for saving it with the lease).
+    limits_dirty: bool,
     /// The last decisions, for `decisions.recent` (bounded).
     recent_decisions: VecDeque<Decision>,
     pub stats: ChannelStats,
@@ -284,6 +291,8 @@ impl Channel {
             global_budget: GlobalBudget::default(),
             breakers: BTreeMap::new(),
             muted: false,
+            owner: true,
+            limits_dirty: false,
             recent_decisions: VecDeque::new(),
             stats: ChannelStats::default(),
             cfg,
@@ -449,6 +458,12 @@ impl Channel {
         self.context.expire(env.now);
         if Self::is_bot(env, &msg.user) {
             self.context.push(Self::line(at, &msg, true));
+            if !self.owner {
+                // Another instance spoke for the bot: count it, so a takeover starts
+                // from what was really sent even if that instance died before saving.
+                self.window.record(at, self.cfg.limits.per_channel);
+                self.last_send = self.last_send.max(Some(at));
+            }
             return self.ignore(env, cid, Some(&msg.user), None, Reason::OwnMessage);
         }
         if msg.shadow {
@@ -598,6 +613,7 @@ impl Channel {
             }
             Ok(()) => {
                 self.decide(env, ask.correlation_id, ask.user, Some(ask.trigger), Outcome::Fired, None);
+                self.limits_dirty = true;
                 self.trigger_last.insert(ask.trigger, env.now);
                 if ask.trigger == Trigger::MediaChange {
                     self.last_media_comment = Some(env.now);
@@ -638,6 +654,9 @@ impl Channel {
     fn check(&mut self, env: &mut Env, ask: &Ask) -> Result<(), Reason> {
         if env.shutting_down {
             return Err(Reason::ShuttingDown);
+        }
+        if !self.owner {
+            return Err(Reason::NotOwner);
         }
         if self.muted {
             return Err(Reason::Muted);
@@ -783,6 +802,7 @@ impl Channel {
         let lim = self.cfg.limits.clone();
         if let Some(t) = sent_at {
             self.window.record(t, lim.per_channel);
+            self.limits_dirty = true;
         }
         if let Some(u) = user {
             let state = self.users.entry(u.to_owned()).or_default();
@@ -1061,15 +1081,16 @@ impl Channel {
     }
 
     fn enqueue(&mut self, env: &mut Env, pending: &Pending, parts: Vec<String>, reason: Option<Reason>) {
-        if self.muted {
+        if self.muted || !self.owner {
             let cid = pending.correlation_id.clone();
+            let why = if self.owner { Reason::Muted } else { Reason::NotOwner };
             self.decide(
                 env,
                 cid.as_deref(),
                 pending.user.as_deref(),
                 Some(pending.trigger),
                 Outcome::Dropped,
-                Some(Reason::Muted),
+                Some(why),
             );
             return self.settle(pending.user.as_deref(), None);
         }
@@ -1112,7 +1133,7 @@ impl Channel {
 
     /// Sends what the spacing allows now and arms the timer for the rest.
     pub fn flush(&mut self, env: &mut Env) {
-        if !env.connected {
+        if !env.connected || !self.owner {
             return;
         }
         while !self.outbox.is_empty() {
@@ -1147,6 +1168,93 @@ impl Channel {
         }
     }
 
+    /// Limit state changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.limits_dirty)
+    }
+
+    /// This instance no longer holds the channel's lease: stop speaking. Replies waiting
+    /// to be sent are dropped (`not_owner`); replies still being generated are dropped
+    /// when they arrive.
+    pub fn lose_lease(&mut self, env: &mut Env) {
+        self.owner = false;
+        env.timers.disarm(TimerKey::SendSpacing(self.slot));
+        for o in std::mem::take(&mut self.outbox) {
+            self.drop_outgoing(env, o, Reason::NotOwner);
+        }
+    }
+
+    /// This instance now holds the lease: merge the previous owner's saved limits into
+    /// what this instance observed (its own lines echoed by the channel), then speak.
+    pub fn gain_lease(&mut self, env: &mut Env, state: Option<LimitSnapshot>) {
+        if let Some(s) = state {
+            self.restore(&s);
+        }
+        self.owner = true;
+        self.flush(env);
+    }
+
+    /// The limit state a new owner needs. Replies in flight count as sent now.
+    pub fn snapshot(&mut self, now: Millis) -> LimitSnapshot {
+        let lim = self.cfg.limits.clone();
+        let mut sends: Vec<u64> = self.window.times(now, lim.per_channel.window).map(|t| t.0).collect();
+        sends.extend(std::iter::repeat_n(now.0, self.pending));
+        let mut users: Vec<UserLimits> = self
+            .users
+            .iter_mut()
+            .filter_map(|(name, st)| {
+                let mut sends: Vec<u64> = st.window.times(now, lim.per_user.window).map(|t| t.0).collect();
+                sends.extend(std::iter::repeat_n(now.0, st.pending));
+                let live = |t: Option<Millis>| t.filter(|t| *t > now).map(|t| t.0);
+                let u = UserLimits {
+                    user: name.clone(),
+                    sends,
+                    penalty_until: live(st.penalty_until),
+                    strikes: st.strikes,
+                    backoff_until: live(st.backoff_until),
+                };
+                (!u.sends.is_empty() || u.penalty_until.is_some() || u.backoff_until.is_some()).then_some(u)
+            })
+            .collect();
+        if users.len() > SNAPSHOT_USERS {
+            users.sort_by_key(|u| std::cmp::Reverse(u.sends.iter().max().copied()));
+            users.truncate(SNAPSHOT_USERS);
+        }
+        LimitSnapshot {
+            at: now.0,
+            sends,
+            last_send: self.last_send.map(|t| t.0),
+            last_fire: self.last_fire.map(|t| t.0),
+            last_media_comment: self.last_media_comment.map(|t| t.0),
+            triggers: self.trigger_last.iter().map(|(t, at)| (trigger_key(*t), at.0)).collect(),
+            users,
+        }
+    }
+
+    /// Merges a previous owner's state: the later of every mark, and the union of send
+    /// times where a send this instance saw echoed within 5 s of a saved one counts once.
+    fn restore(&mut self, s: &LimitSnapshot) {
+        let lim = self.cfg.limits.clone();
+        let max = |a: Option<Millis>, b: Option<u64>| a.max(b.map(Millis));
+        self.last_send = max(self.last_send, s.last_send);
+        self.last_fire = max(self.last_fire, s.last_fire);
+        self.last_media_comment = max(self.last_media_comment, s.last_media_comment);
+        for (k, at) in &s.triggers {
+            if let Some(t) = parse_trigger_key(k) {
+                let e = self.trigger_last.entry(t).or_insert(Millis(*at));
+                *e = (*e).max(Millis(*at));
+            }
+        }
+        self.window = merge_sends(&self.window, &s.sends, lim.per_channel);
+        for u in &s.users {
+            let st = self.users.entry(u.user.clone()).or_default();
+            st.window = merge_sends(&st.window, &u.sends, lim.per_user);
+            st.penalty_until = max(st.penalty_until, u.penalty_until);
+            st.backoff_until = max(st.backoff_until, u.backoff_until);
+            st.strikes = st.strikes.max(u.strikes);
+        }
+    }
+
     /// The channel is being removed: abandon everything it was doing.
     pub fn remove(mut self, env: &mut Env) {
         env.timers.disarm(TimerKey::Participation(self.slot));
@@ -1168,6 +1276,46 @@ impl Channel {
             self.drop_outgoing(env, o, Reason::ChannelRemoved);
         }
     }
+}
+
+/// Send times of `ours` and `saved` together; a time of ours within 5 s of a saved one
+/// is the same message seen twice (the echo of a send).
+fn merge_sends(ours: &SlidingWindow, saved: &[u64], cfg: crate::config::WindowConfig) -> SlidingWindow {
+    let mut saved: Vec<u64> = saved.to_vec();
+    saved.sort_unstable();
+    let mut used = vec![false; saved.len()];
+    let mut all: Vec<u64> = saved.clone();
+    for t in ours.all().map(|t| t.0) {
+        let twin = saved.iter().enumerate().position(|(i, s)| !used[i] && s.abs_diff(t) <= 5_000);
+        match twin {
+            Some(i) => used[i] = true,
+            None => all.push(t),
+        }
+    }
+    all.sort_unstable();
+    let mut w = SlidingWindow::default();
+    for t in all {
+        w.record(Millis(t), cfg);
+    }
+    w
+}
+
+/// A trigger's name in a [`LimitSnapshot`].
+fn trigger_key(t: Trigger) -> String {
+    match t {
+        Trigger::Keyword(k) => format!("keyword:{k}"),
+        other => other.label().to_owned(),
+    }
+}
+
+fn parse_trigger_key(s: &str) -> Option<Trigger> {
+    Some(match s {
+        "mention" => Trigger::Mention,
+        "pm" => Trigger::Pm,
+        "media_change" => Trigger::MediaChange,
+        "contextual" => Trigger::Contextual,
+        _ => Trigger::Keyword(s.strip_prefix("keyword:")?.parse().ok()?),
+    })
 }
 
 /// One trigger's request to speak.

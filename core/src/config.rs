@@ -384,6 +384,62 @@ struct RawConfig {
     channels: Vec<RawChannel>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    ha: RawHa,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default = "default_ha_bucket")]
+    bucket: BucketName,
+    #[serde(default = "default_lease_ttl")]
+    lease_ttl: LeaseTtl,
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+impl Default for RawHa {
+    fn default() -> Self {
+        RawHa { enabled: false, bucket: default_ha_bucket(), lease_ttl: default_lease_ttl(), instance: None }
+    }
+}
+
+fn default_ha_bucket() -> BucketName {
+    BucketName("llm_chatbot_leases".into())
+}
+fn default_lease_ttl() -> LeaseTtl {
+    LeaseTtl(Duration::from_secs(10))
+}
+
+/// A JetStream key-value bucket name: letters, digits, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BucketName(String);
+
+impl<'de> Deserialize<'de> for BucketName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(de::Error::custom(format!("invalid bucket name `{s}`: use letters, digits, `-` and `_` only")));
+        }
+        Ok(BucketName(s))
+    }
+}
+
+/// A lease TTL: at least 1 s (renewals go out every third of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseTtl(Duration);
+
+impl<'de> Deserialize<'de> for LeaseTtl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Dur(v) = Dur::deserialize(d)?;
+        if v < Duration::from_secs(1) {
+            return Err(de::Error::custom("must be at least 1s (renewals go out every third of it)"));
+        }
+        Ok(LeaseTtl(v))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,6 +631,30 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// Run everything, the LLM included, but log commands instead of publishing them.
     pub dry_run: bool,
+    /// Several instances sharing the channels through leases.
+    pub ha: HaConfig,
+}
+
+/// `ha:` several instances, one voice per channel (JetStream key-value leases).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// Off: one instance speaks for every channel, no JetStream needed.
+    pub enabled: bool,
+    /// The lease bucket (created if missing); limit state goes to `{bucket}_state`.
+    pub bucket: String,
+    /// A lease not renewed for this long expires (a crashed instance's channels are
+    /// taken over after it).
+    pub lease_ttl: Duration,
+    /// This instance's id; empty in the file means "hostname-pid", filled in by the
+    /// runtime before the engine starts.
+    pub instance: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        let raw = RawHa::default();
+        HaConfig { enabled: false, bucket: raw.bucket.0, lease_ttl: raw.lease_ttl.0, instance: String::new() }
+    }
 }
 
 /// `bot:`
@@ -948,7 +1028,13 @@ impl Config {
             let merged = ch.over(defaults.clone());
             channels.push(resolve_channel(name, merged, &path, &llm, &at)?);
         }
-        Ok(Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run })
+        let ha = HaConfig {
+            enabled: raw.ha.enabled,
+            bucket: raw.ha.bucket.0,
+            lease_ttl: raw.ha.lease_ttl.0,
+            instance: raw.ha.instance.unwrap_or_default(),
+        };
+        Ok(Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run, ha })
     }
 
     /// Risky settings worth a second look (`check --explain`). `env_is_set` tells whether

@@ -42,6 +42,8 @@ pub enum Input {
         /// What to do.
         action: Control,
     },
+    /// An outcome from the lease bucket (`ha`), or news of another instance.
+    Lease(crate::lease::LeaseEvent),
     /// The link to NATS went up or down. While down, replies wait in the channel's queue
     /// (bounded by `nats.outbound_queue`) and leave with normal spacing on reconnect.
     Connection {
@@ -142,6 +144,8 @@ pub enum Effect {
     Publish(Command),
     /// A decision, for logs, metrics and reports.
     Decision(Decision),
+    /// A lease-bucket operation (`ha`); most are answered with [`Input::Lease`].
+    Lease(crate::lease::LeaseOp),
     /// After [`Input::Shutdown`]: nothing is in flight or queued any more.
     ShutdownComplete,
 }
@@ -330,6 +334,8 @@ pub enum Reason {
     ShuttingDown,
     /// An operator muted the channel.
     Muted,
+    /// Another instance holds the channel's lease (`ha`); this one stands by.
+    NotOwner,
     /// Another account and the bot were going back and forth (bot loop): backing off.
     LoopGuard,
     /// The user kept hitting limits: their personal cooldown is running.
@@ -388,6 +394,7 @@ impl Reason {
             Reason::MaxInFlight => "max_in_flight",
             Reason::ShuttingDown => "shutting_down",
             Reason::Muted => "muted",
+            Reason::NotOwner => "not_owner",
             Reason::LoopGuard => "loop_guard",
             Reason::Penalty => "penalty",
             Reason::Budget => "budget",

@@ -12,6 +12,7 @@ use crate::channel::{Channel, ChannelStats, ChannelStatus, CompileCache, Env};
 use crate::config::Config;
 use crate::contract::{Decision, Effect, Input, Outcome, Reason};
 use crate::event::{self, Event};
+use crate::lease::{Intent, LeaseOp, LeaseStats, Leases, Transition};
 use crate::time::Millis;
 use crate::timer::{TimerKey, Timers};
 
@@ -34,7 +35,9 @@ macro_rules! env {
     };
 }
 
-/// The bot's decision logic for every configured channel.
+/// The bot's decision logic for every configured channel. Cloning gives an independent
+/// engine in the same state (compiled patterns are shared).
+#[derive(Clone)]
 pub struct Engine {
     config: Config,
     seed: u64,
@@ -54,6 +57,8 @@ pub struct Engine {
     unrouted: u64,
     /// Tokens spent over all channels.
     spend: Ledger,
+    /// Channel leases when `ha.enabled`.
+    ha: Option<Leases>,
 }
 
 impl Engine {
@@ -75,6 +80,7 @@ impl Engine {
             connected: true,
             unrouted: 0,
             spend: Ledger::default(),
+            ha: config.ha.enabled.then(|| Leases::new(&config.ha)),
         };
         engine.apply_config(config);
         engine
@@ -103,6 +109,17 @@ impl Engine {
                 for slot in self.channels.keys() {
                     self.timers.disarm(TimerKey::Participation(*slot));
                 }
+                if let Some(ha) = &mut self.ha {
+                    ha.shut_down();
+                }
+                self.lease_tick();
+            }
+            Input::Lease(ev) => {
+                if let Some(ha) = &mut self.ha {
+                    let transitions = ha.on_event(self.now, ev);
+                    self.apply_transitions(transitions);
+                    self.lease_tick();
+                }
             }
             Input::Connection { up } => {
                 self.connected = up;
@@ -114,7 +131,11 @@ impl Engine {
                 }
             }
         }
-        if self.shutting_down && !self.shutdown_reported && self.channels.values().all(Channel::is_idle) {
+        if self.shutting_down
+            && !self.shutdown_reported
+            && self.channels.values().all(Channel::is_idle)
+            && self.ha.as_ref().is_none_or(Leases::all_released)
+        {
             self.shutdown_reported = true;
             self.effects.push_back(Effect::ShutdownComplete);
         }
@@ -184,6 +205,93 @@ impl Engine {
         let Some(ch) = self.channels.get_mut(&slot) else { return };
         let mut env = env!(self);
         f(ch, &mut env);
+        if let Some(ha) = &mut self.ha {
+            if ch.take_dirty() {
+                ha.mark_dirty(&ch.cfg.name);
+                if let Some(t) = ha.next_deadline(self.now) {
+                    self.timers.arm(TimerKey::Leases, t);
+                }
+            }
+            // The last reply of a shutting-down channel left: its lease can go.
+            if self.shutting_down && ch.is_idle() && ha.owns(&ch.cfg.name, self.now) {
+                self.timers.arm(TimerKey::Leases, self.now);
+            }
+        }
+    }
+
+    /// Lease statistics when `ha` is on.
+    pub fn lease_stats(&self) -> Option<LeaseStats> {
+        self.ha.as_ref().map(|h| h.stats(self.now))
+    }
+
+    /// Who speaks for `channel` as far as this instance knows (`ha` only): this
+    /// instance's id when it holds the lease.
+    pub fn lease_owner(&self, channel: &str) -> Option<&str> {
+        self.ha.as_ref().and_then(|h| h.owner(channel))
+    }
+
+    /// Whether this instance may speak for `channel` now (always true without `ha`).
+    pub fn owns(&self, channel: &str) -> bool {
+        self.ha.as_ref().is_none_or(|h| h.owns(channel, self.now))
+    }
+
+    /// Lease upkeep: apply expiries, emit due operations, re-arm the lease timer.
+    fn lease_tick(&mut self) {
+        let Some(ha) = &mut self.ha else { return };
+        let channels = &self.channels;
+        let slots = &self.slots;
+        let idle = |name: &str| {
+            slots.get(&name.to_ascii_lowercase()).and_then(|s| channels.get(s)).is_none_or(Channel::is_idle)
+        };
+        let (transitions, intents) = ha.tick(self.now, idle);
+        if let Some(t) = ha.next_deadline(self.now) {
+            self.timers.arm(TimerKey::Leases, t);
+        }
+        self.apply_transitions(transitions);
+        self.emit_intents(intents);
+    }
+
+    fn apply_transitions(&mut self, transitions: Vec<Transition>) {
+        for t in transitions {
+            match t {
+                Transition::Gained(name, state) => {
+                    if let Some(slot) = self.slot_of(&name) {
+                        self.with_channel(slot, |ch, env| ch.gain_lease(env, state));
+                    }
+                }
+                Transition::Lost(name) => {
+                    if let Some(slot) = self.slot_of(&name) {
+                        self.with_channel(slot, Channel::lose_lease);
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit_intents(&mut self, intents: Vec<Intent>) {
+        for i in intents {
+            let snapshot = |engine: &mut Engine, name: &str| {
+                let now = engine.now;
+                engine
+                    .slot_of(name)
+                    .and_then(|s| engine.channels.get_mut(&s))
+                    .map(|c| c.snapshot(now))
+                    .unwrap_or_default()
+            };
+            let op = match i {
+                Intent::Acquire(channel) => LeaseOp::Acquire { channel },
+                Intent::Renew(channel, revision) => LeaseOp::Renew { channel, revision },
+                Intent::Save(channel) => {
+                    let state = snapshot(self, &channel);
+                    LeaseOp::Save { channel, state }
+                }
+                Intent::Release(channel, revision) => {
+                    let state = snapshot(self, &channel);
+                    LeaseOp::Release { channel, revision, state }
+                }
+            };
+            self.effects.push_back(Effect::Lease(op));
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -194,6 +302,7 @@ impl Engine {
                 TimerKey::Participation(slot) => self.with_channel(slot, Channel::on_participation_timer),
                 TimerKey::SendSpacing(slot) => self.with_channel(slot, Channel::flush),
                 TimerKey::LlmDeadline(id) => self.with_channel((id.0 >> 32) as u32, |ch, env| ch.on_deadline(env, id)),
+                TimerKey::Leases => self.lease_tick(),
             }
             budget -= 1;
             if budget == 0 {
@@ -293,8 +402,23 @@ impl Engine {
             keep.insert(key, slot);
         }
         let removed: Vec<u32> = self.slots.values().copied().filter(|s| !keep.values().any(|k| k == s)).collect();
+        let added: Vec<u32> = keep.values().copied().filter(|s| !self.slots.values().any(|k| k == s)).collect();
         self.slots = keep;
-        self.config = config;
+        if let Some(ha) = &mut self.ha {
+            // A standby until the lease is ours.
+            for slot in &added {
+                if let Some(ch) = self.channels.get_mut(slot) {
+                    ch.owner = false;
+                }
+            }
+            let names: Vec<String> = config.channels.iter().map(|c| c.name.clone()).collect();
+            let intents = ha.set_channels(&names, self.now);
+            self.timers.arm(TimerKey::Leases, self.now);
+            self.config = config;
+            self.emit_intents(intents);
+        } else {
+            self.config = config;
+        }
         for slot in removed {
             if let Some(ch) = self.channels.remove(&slot) {
                 let mut env = env!(self);

@@ -28,6 +28,7 @@ pub mod contract;
 mod engine;
 pub mod event;
 pub mod html;
+pub mod lease;
 pub mod limit;
 pub mod response;
 pub mod time;
@@ -41,5 +42,6 @@ pub use contract::{
     Purpose, Reason, RequestId, Role, Usage,
 };
 pub use engine::Engine;
+pub use lease::{LeaseEvent, LeaseOp, LeaseStats, LimitSnapshot};
 pub use time::Millis;
 pub use trigger::Trigger;

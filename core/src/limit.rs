@@ -51,6 +51,17 @@ impl SlidingWindow {
         self.count(now, window) == 0
     }
 
+    /// The times inside the window ending at `now`, oldest first.
+    pub fn times(&mut self, now: Millis, window: Duration) -> impl Iterator<Item = Millis> + '_ {
+        self.prune(now, window);
+        self.times.iter().copied()
+    }
+
+    /// Every time remembered, oldest first.
+    pub fn all(&self) -> impl Iterator<Item = Millis> + '_ {
+        self.times.iter().copied()
+    }
+
     /// The time of the most recent event.
     pub fn last(&self) -> Option<Millis> {
         self.times.back().copied()

@@ -18,6 +18,8 @@ pub enum TimerKey {
     SendSpacing(u32),
     /// An LLM request is overdue: give up on it so the channel never stalls.
     LlmDeadline(RequestId),
+    /// Lease upkeep (`ha`): renewals, saves, expiry, acquisition attempts.
+    Leases,
 }
 
 /// Deadlines by key, ordered by time.

@@ -131,7 +131,7 @@ impl Report {
                 TraceItem::Effect(Effect::Publish(cmd)) => self.published(t.at, cmd),
                 TraceItem::Effect(Effect::CallLlm(call)) => self.called(call),
                 TraceItem::Answered { id, provider, result } => self.answered(*id, provider, result),
-                TraceItem::Effect(Effect::CancelLlm(_) | Effect::ShutdownComplete) => {}
+                TraceItem::Effect(Effect::CancelLlm(_) | Effect::Lease(_) | Effect::ShutdownComplete) => {}
             }
         }
     }

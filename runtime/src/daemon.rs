@@ -21,6 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::ha::{self, Ha};
 use crate::http::{self, HealthState, Shared};
 use crate::kryten::{self, Identity};
 use crate::llm::{LlmClient, Outcome};
@@ -58,6 +59,9 @@ pub enum StartError {
     /// An LLM provider cannot be used.
     #[error(transparent)]
     Llm(#[from] crate::llm::ClientError),
+    /// `ha` is on but the lease bucket cannot be used.
+    #[error(transparent)]
+    Ha(#[from] ha::HaError),
     /// A NATS subscription failed.
     #[error("nats: cannot subscribe to {subject}: {reason}")]
     Subscribe {
@@ -174,6 +178,8 @@ struct Daemon {
     request_seq: u64,
     request_salt: u64,
     shutdown_done: bool,
+    /// Leases when `ha.enabled`.
+    ha: Option<Ha>,
 }
 
 impl Daemon {
@@ -183,6 +189,7 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION"),
             hostname: &self.hostname,
             http_port: self.http_port,
+            instance: config.ha.enabled.then_some(config.ha.instance.as_str()),
         }
     }
 
@@ -260,6 +267,11 @@ impl Daemon {
                         reason = d.reason.map_or("", |r| r.label()),
                     );
                 }
+                Effect::Lease(op) => {
+                    if let Some(ha) = &mut self.ha {
+                        ha.execute(op);
+                    }
+                }
                 Effect::ShutdownComplete => self.shutdown_done = true,
             }
         }
@@ -279,6 +291,20 @@ impl Daemon {
             h.reconnects = reconnects;
             h.shutting_down = shutting_down;
             h.spend = engine.spend();
+            h.ha = engine.lease_stats().map(|s| {
+                self.shared.metrics.leases(s);
+                let owners: serde_json::Map<String, serde_json::Value> = engine
+                    .config()
+                    .channels
+                    .iter()
+                    .map(|c| (c.name.clone(), serde_json::json!(engine.lease_owner(&c.name))))
+                    .collect();
+                serde_json::json!({
+                    "instance": engine.config().ha.instance, "owned": s.owned, "live_instances": s.live_instances,
+                    "renewals": s.renewals, "acquired": s.acquired, "takeovers": s.takeovers, "lost": s.lost,
+                    "owners": owners,
+                })
+            });
         }
     }
 
@@ -323,8 +349,12 @@ fn request_id(salt: u64, seq: u64) -> String {
 pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     let started = Instant::now();
     let clock = Clock::new();
-    let config = load_config(&config_path).map_err(StartError::Config)?;
+    let mut config = load_config(&config_path).map_err(StartError::Config)?;
     let env = |var: &str| std::env::var(var).ok();
+    let hostname = hostname();
+    if config.ha.instance.is_empty() {
+        config.ha.instance = ha::default_instance(&hostname);
+    }
 
     let shared = Arc::new(Shared { health: Mutex::new(HealthState::default()), metrics: Metrics::new(), started });
     let listener = http::bind(&config.http.listen)
@@ -354,6 +384,18 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     };
     let mut commands = subscribe(format!("kryten.{service}.command")).await?;
     let mut discovery = subscribe("kryten.service.discovery.poll".into()).await?;
+    // ha: the lease buckets, their watch, and the other instances' lifecycle messages.
+    let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
+    let (ha, mut peers) = if config.ha.enabled {
+        let ha = Ha::open(&client, &config.ha, lease_tx.clone()).await?;
+        ha.watch(ha::channel_of_key);
+        let peers = subscribe(format!("kryten.lifecycle.{service}.>")).await?;
+        tracing::info!(instance = %config.ha.instance, bucket = %config.ha.bucket, lease_ttl = ?config.ha.lease_ttl, "ha: leases on");
+        (Some(ha), Some(peers))
+    } else {
+        (None, None)
+    };
+    let heartbeat_every = if config.ha.enabled { (config.ha.lease_ttl / 3).min(HEARTBEAT) } else { HEARTBEAT };
     // Subscriptions are registered with the server before we call ourselves ready.
     let _ = client.flush().await;
 
@@ -369,11 +411,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
         llm_tx,
         in_flight: HashMap::new(),
         shared: shared.clone(),
-        hostname: hostname(),
+        hostname,
         http_port,
         request_seq: 0,
         request_salt: seed.rotate_left(29),
         shutdown_done: false,
+        ha,
     };
     let http_task = tokio::spawn(http::serve(listener, shared.clone()));
     d.lifecycle(engine.config(), "startup", None).await;
@@ -395,7 +438,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
         signal(SignalKind::interrupt())
             .map_err(|e| StartError::Config(format!("cannot install SIGINT handler: {e}")))?,
     );
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
     let mut health_tick = tokio::time::interval(HEALTH_REFRESH);
     let mut pending_reload: Option<(Config, Instant)> = None;
     let mut shutdown_deadline: Option<tokio::time::Instant> = None;
@@ -454,6 +497,14 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
                 }
             }
             Some(_) = discovery.next() => d.lifecycle(engine.config(), "startup", None).await,
+            // ha: a lease operation finished, or the bucket watch saw a change.
+            Some(ev) = lease_rx.recv() => engine.handle(d.clock.now(), Input::Lease(ev)),
+            // ha: another instance started, is alive, or left.
+            Some(msg) = async { match peers.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => {
+                if let Some(ev) = kryten::peer_event(&msg.subject, &msg.payload) {
+                    engine.handle(d.clock.now(), Input::Lease(ev));
+                }
+            }
             _ = heartbeat.tick() => d.lifecycle(engine.config(), "heartbeat", None).await,
             _ = health_tick.tick() => d.refresh_health(&engine, connected, reconnects, shutdown_deadline.is_some()),
             _ = tokio::time::sleep_until(stop_at), if shutdown_deadline.is_some() => {
@@ -567,6 +618,11 @@ async fn apply_reload(engine: &mut Engine, subs: &mut Subscriptions, d: &mut Dae
     if old.nats != new.nats || old.http != new.http || old.kryten.service_name != new.kryten.service_name {
         tracing::warn!("changes to nats, http or kryten.service_name take effect after a restart");
     }
+    if old.ha != new.ha {
+        tracing::warn!("changes to ha take effect after a restart");
+    }
+    let mut new = new;
+    new.ha = old.ha.clone();
     if old.llm.providers != new.llm.providers {
         match LlmClient::new(&new.llm.providers, |v| std::env::var(v).ok()) {
             Ok(client) => d.llm = Arc::new(client),

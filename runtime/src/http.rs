@@ -40,6 +40,8 @@ pub struct HealthState {
     pub shutting_down: bool,
     /// Tokens spent over all channels in the last hour and day.
     pub spend: (u64, u64),
+    /// Leases (`ha`): figures and who speaks for each channel.
+    pub ha: Option<Value>,
 }
 
 /// One provider's recent record.
@@ -68,7 +70,7 @@ impl Shared {
     pub fn health_json(&self) -> Value {
         let h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
         let queue: usize = h.channels.iter().map(|c| c.queued).sum();
-        json!({
+        let mut doc = json!({
             "status": if h.nats_connected { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
@@ -85,7 +87,11 @@ impl Shared {
                 "name": c.name, "context_size": c.context_len, "in_flight": c.in_flight, "queued": c.queued,
                 "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
             })).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(ha) = h.ha {
+            doc["ha"] = ha;
+        }
+        doc
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Identity<'a> {
     pub hostname: &'a str,
     /// Port of /health and /metrics.
     pub http_port: u16,
+    /// The instance id when `ha` is on (in `metadata.instance`).
+    pub instance: Option<&'a str>,
 }
 
 /// `kryten.lifecycle.{service}.{kind}` and its body.
@@ -89,7 +91,24 @@ pub fn lifecycle(id: &Identity, kind: &str, now: Millis, uptime_s: f64, reason: 
     if let Some(r) = reason {
         body["reason"] = json!(r);
     }
+    if let Some(i) = id.instance {
+        body["metadata"]["instance"] = json!(i);
+    }
     (format!("kryten.lifecycle.{}.{kind}", id.service), body.to_string().into_bytes())
+}
+
+/// Another instance's lifecycle message as lease news (`ha`): startup and heartbeat say
+/// it is alive, shutdown that it left. `None` for anything without an instance id.
+pub fn peer_event(subject: &str, body: &[u8]) -> Option<chatbot_core::LeaseEvent> {
+    let kind = subject.rsplit('.').next()?;
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let instance = v.get("metadata")?.get("instance")?.as_str()?.to_owned();
+    let alive = match kind {
+        "startup" | "heartbeat" => true,
+        "shutdown" => false,
+        _ => return None,
+    };
+    Some(chatbot_core::LeaseEvent::Peer { instance, alive })
 }
 
 /// The reply to a request on `kryten.{service}.command`. `health` renders our health.
@@ -189,7 +208,7 @@ mod tests {
 
     #[test]
     fn lifecycle_and_service_replies_have_kryten_py_shapes() {
-        let id = Identity { service: "llm", version: "0.1.0", hostname: "h", http_port: 8080 };
+        let id = Identity { service: "llm", version: "0.1.0", hostname: "h", http_port: 8080, instance: None };
         let (subject, body) = lifecycle(&id, "shutdown", Millis(0), 1.5, Some("SIGTERM"));
         assert_eq!(subject, "kryten.lifecycle.llm.shutdown");
         let v: Value = serde_json::from_slice(&body).unwrap();

@@ -5,6 +5,7 @@
 //! no trigger, limit or text logic: see `chatbot-core` for all of that.
 
 pub mod daemon;
+pub mod ha;
 pub mod http;
 pub mod kryten;
 pub mod llm;

@@ -44,6 +44,14 @@ pub struct Metrics {
     /// Channels configured.
     pub channels: Gauge,
     tokens_hour: Family<ChannelLabel, Gauge>,
+    ha_owned: Gauge,
+    ha_live: Gauge,
+    ha_renewals: Counter,
+    ha_takeovers: Counter,
+    ha_acquired: Counter,
+    ha_lost: Counter,
+    /// The lease counters last exported (counters advance by the difference).
+    ha_last: std::sync::Mutex<chatbot_core::LeaseStats>,
 }
 
 impl Default for Metrics {
@@ -67,6 +75,13 @@ impl Metrics {
             reconnects: Counter::default(),
             channels: Gauge::default(),
             tokens_hour: Family::default(),
+            ha_owned: Gauge::default(),
+            ha_live: Gauge::default(),
+            ha_renewals: Counter::default(),
+            ha_takeovers: Counter::default(),
+            ha_acquired: Counter::default(),
+            ha_lost: Counter::default(),
+            ha_last: Default::default(),
             registry: Registry::default(),
         };
         registry.register("events", "Kryten events received, by channel", m.events.clone());
@@ -83,6 +98,16 @@ impl Metrics {
         registry.register("nats_reconnects", "NATS reconnections since start", m.reconnects.clone());
         registry.register("channels", "Channels configured", m.channels.clone());
         registry.register("tokens_last_hour", "LLM tokens spent in the last hour, by channel", m.tokens_hour.clone());
+        registry.register("ha_owned_channels", "Channel leases this instance holds (ha)", m.ha_owned.clone());
+        registry.register("ha_live_instances", "Instances alive, this one included (ha)", m.ha_live.clone());
+        registry.register("ha_lease_renewals", "Lease renewals (ha)", m.ha_renewals.clone());
+        registry.register("ha_leases_acquired", "Leases acquired (ha)", m.ha_acquired.clone());
+        registry.register(
+            "ha_takeovers",
+            "Leases acquired that another instance held before (ha)",
+            m.ha_takeovers.clone(),
+        );
+        registry.register("ha_leases_lost", "Leases lost without releasing them (ha)", m.ha_lost.clone());
         Metrics { registry, ..m }
     }
 
@@ -117,6 +142,19 @@ impl Metrics {
     /// Tokens `channel` spent in the last hour.
     pub fn tokens(&self, channel: &str, tokens: u64) {
         self.tokens_hour.get_or_create(&ChannelLabel { channel: channel.to_owned() }).set(tokens as i64);
+    }
+
+    /// The lease figures (`ha`).
+    pub fn leases(&self, s: chatbot_core::LeaseStats) {
+        self.ha_owned.set(s.owned as i64);
+        self.ha_live.set(s.live_instances as i64);
+        if let Ok(mut last) = self.ha_last.lock() {
+            self.ha_renewals.inc_by(s.renewals.saturating_sub(last.renewals));
+            self.ha_takeovers.inc_by(s.takeovers.saturating_sub(last.takeovers));
+            self.ha_acquired.inc_by(s.acquired.saturating_sub(last.acquired));
+            self.ha_lost.inc_by(s.lost.saturating_sub(last.lost));
+            *last = s;
+        }
     }
 
     /// The Prometheus text exposition.

@@ -7,6 +7,7 @@
 //! daemon would do. Same corpus, config and seed give the same trace, byte for byte.
 
 pub mod corpus;
+pub mod ha;
 pub mod llm;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +64,10 @@ pub struct Sim {
 
 impl Sim {
     /// A simulation starting at `start` (the engine's start: earlier chat is backlog).
-    pub fn new(config: Config, seed: u64, start: Millis, llm: Box<dyn Responder>, faults: Option<Faults>) -> Sim {
+    /// It is one instance holding every channel: `ha` is switched off (see [`ha`] for
+    /// several instances sharing leases).
+    pub fn new(mut config: Config, seed: u64, start: Millis, llm: Box<dyn Responder>, faults: Option<Faults>) -> Sim {
+        config.ha.enabled = false;
         Sim {
             engine: Engine::new(config, seed, start),
             llm,
@@ -165,7 +169,7 @@ impl Sim {
                 Effect::CancelLlm(id) => {
                     self.cancelled.insert(*id);
                 }
-                Effect::Publish(_) | Effect::Decision(_) | Effect::ShutdownComplete => {}
+                Effect::Publish(_) | Effect::Decision(_) | Effect::Lease(_) | Effect::ShutdownComplete => {}
             }
             self.trace.push(Traced { at: self.now, what: TraceItem::Effect(effect) });
         }

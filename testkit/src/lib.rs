@@ -42,6 +42,8 @@ pub struct Nats {
     pub port: u16,
     child: Option<Child>,
     auth: Vec<String>,
+    /// JetStream's store, kept across restarts.
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Nats {
@@ -51,7 +53,18 @@ impl Nats {
 
     /// Starts with extra server arguments (e.g. `--auth TOKEN`).
     pub fn start_with(args: &[&str]) -> Nats {
-        let mut n = Nats { port: free_port(), child: None, auth: args.iter().map(|a| a.to_string()).collect() };
+        let mut n =
+            Nats { port: free_port(), child: None, auth: args.iter().map(|a| a.to_string()).collect(), _store: None };
+        n.restart();
+        n
+    }
+
+    /// Starts with JetStream on (`-js`), its store in a temp dir that survives restarts.
+    pub fn start_jetstream() -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let dir = store.path().to_str().expect("utf-8 temp path").to_owned();
+        let mut n =
+            Nats { port: free_port(), child: None, auth: vec!["-js".into(), "-sd".into(), dir], _store: Some(store) };
         n.restart();
         n
     }
@@ -334,8 +347,19 @@ impl Bot {
 }
 
 impl Drop for Bot {
+    /// Asks the daemon to stop (SIGTERM) so it exits the way it does in production, and
+    /// writes its coverage profile when instrumented; kills it if it is still running
+    /// after 1.5 s (e.g. a test left a request hanging).
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -1,0 +1,597 @@
+//! Channel leases: which instance speaks for a channel when several share the config.
+//!
+//! This is the decision half of high availability (`ha:`): when to acquire, renew and
+//! release a lease, how long one is trusted, and how many one instance holds. The
+//! runtime does the key-value operations (JetStream KV, compare-and-set on revisions,
+//! keys expiring `lease_ttl` after their last write) and reports each outcome back as an
+//! [`LeaseEvent`]; the simulator does the same against a model of the bucket.
+//!
+//! Safety rests on one rule: a lease is trusted until `sent + ttl - margin`, where `sent`
+//! is when *this* instance sent the write that created or renewed it, measured on its own
+//! monotonic clock. The server starts the key's `ttl` later than `sent` (the write was in
+//! transit), so the holder stops trusting its lease before anyone else can create the key
+//! again, whatever the offsets between the machines' clocks. Only clock *rates* matter,
+//! and `margin` (a fifth of the TTL) covers drift far beyond real hardware.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::HaConfig;
+use crate::time::Millis;
+
+/// What the runtime (or simulator) reports about the lease bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Our `Acquire` created the key (the previous one had expired or been released).
+    /// `state` is the limit state the previous owner saved, if any.
+    Acquired {
+        /// Channel, as configured.
+        channel: String,
+        /// The key's new revision.
+        revision: u64,
+        /// Limit state saved by the previous owner.
+        state: Option<LimitSnapshot>,
+    },
+    /// Our `Renew` succeeded.
+    Renewed {
+        /// Channel.
+        channel: String,
+        /// The key's new revision.
+        revision: u64,
+    },
+    /// The key belongs to someone else: `Acquire` found it present, or `Renew` found a
+    /// revision other than ours.
+    Taken {
+        /// Channel.
+        channel: String,
+    },
+    /// The operation did not complete (timeout, NATS down, server error).
+    Failed {
+        /// Channel.
+        channel: String,
+    },
+    /// Our `Release` finished (the key is deleted, the state saved).
+    Released {
+        /// Channel.
+        channel: String,
+    },
+    /// The bucket watch saw a lease written by `owner`.
+    Seen {
+        /// Channel.
+        channel: String,
+        /// The instance that wrote it.
+        owner: String,
+    },
+    /// The bucket watch saw a lease deleted (released).
+    Free {
+        /// Channel.
+        channel: String,
+    },
+    /// Another instance announced itself (lifecycle startup/heartbeat) or left (shutdown).
+    Peer {
+        /// Its instance id.
+        instance: String,
+        /// False when it announced its shutdown.
+        alive: bool,
+    },
+}
+
+/// A key-value operation for the runtime to perform; it answers with a [`LeaseEvent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Create the channel's lease key with our instance id (fails when it exists); then
+    /// read the saved limit state. Answer `Acquired`, `Taken` or `Failed`.
+    Acquire {
+        /// Channel, as configured.
+        channel: String,
+    },
+    /// Rewrite the lease key if its revision is still `revision`. Answer `Renewed`,
+    /// `Taken` or `Failed`.
+    Renew {
+        /// Channel.
+        channel: String,
+        /// The revision we hold.
+        revision: u64,
+    },
+    /// Store the channel's limit state (no answer).
+    Save {
+        /// Channel.
+        channel: String,
+        /// The state.
+        state: LimitSnapshot,
+    },
+    /// Store the state, then delete the lease key if its revision is still `revision`.
+    /// Answer `Released` (or `Failed`).
+    Release {
+        /// Channel.
+        channel: String,
+        /// The revision we hold.
+        revision: u64,
+        /// The state to leave for the next owner.
+        state: LimitSnapshot,
+    },
+}
+
+/// The rate-limit state a new owner starts from: recent send times and cooldown marks,
+/// in epoch milliseconds of the writer's clock. Replies still being generated count as
+/// sent at `at`, so a takeover can only over-count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitSnapshot {
+    /// When it was taken.
+    pub at: u64,
+    /// Send times inside the per-channel window.
+    pub sends: Vec<u64>,
+    /// The last message sent (global cooldown).
+    pub last_send: Option<u64>,
+    /// The last reply fired (global cooldown).
+    pub last_fire: Option<u64>,
+    /// The last media comment (media cooldown).
+    pub last_media_comment: Option<u64>,
+    /// Each trigger's last firing: `mention`, `pm`, `media_change`, `contextual`,
+    /// `keyword:N`.
+    pub triggers: Vec<(String, u64)>,
+    /// Users with live limits.
+    pub users: Vec<UserLimits>,
+}
+
+/// One user's part of a [`LimitSnapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLimits {
+    /// Lower-cased user name.
+    pub user: String,
+    /// Send times inside the per-user window.
+    pub sends: Vec<u64>,
+    /// Personal cooldown end (penalty).
+    pub penalty_until: Option<u64>,
+    /// Strikes counted towards the penalty.
+    pub strikes: u32,
+    /// Loop-guard backoff end.
+    pub backoff_until: Option<u64>,
+}
+
+/// Most users a snapshot carries (the ones with the latest sends).
+pub const SNAPSHOT_USERS: usize = 500;
+
+/// How an instance stands towards one channel's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Not ours. Try to acquire at `next_try` (if under the cap).
+    Standby { owner: Option<String>, next_try: Millis },
+    /// An `Acquire` is out, sent at `sent`.
+    Acquiring { sent: Millis },
+    /// Ours until `valid_until`.
+    Owned { revision: u64, valid_until: Millis, next_renew: Millis, renewing: Option<Millis> },
+    /// A `Release` is out, sent at `sent`.
+    Releasing { sent: Millis },
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    name: String,
+    state: State,
+    /// Limit state changed since the last save.
+    dirty: bool,
+    last_save: Option<Millis>,
+    /// The last owner seen other than us (a later acquisition is a takeover).
+    other_owner_seen: bool,
+}
+
+/// What changed for a channel, for the engine to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Now ours: restore limits from the state (if any) and start answering.
+    Gained(String, Option<LimitSnapshot>),
+    /// No longer ours: stop answering, drop queued replies.
+    Lost(String),
+}
+
+/// An operation the engine must complete with the channel's limit state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Emit [`LeaseOp::Acquire`].
+    Acquire(String),
+    /// Emit [`LeaseOp::Renew`].
+    Renew(String, u64),
+    /// Emit [`LeaseOp::Save`] with the channel's snapshot.
+    Save(String),
+    /// Emit [`LeaseOp::Release`] with the channel's snapshot.
+    Release(String, u64),
+}
+
+/// Counters for /health and /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Leases held now.
+    pub owned: usize,
+    /// Successful renewals.
+    pub renewals: u64,
+    /// Leases acquired that another instance held before.
+    pub takeovers: u64,
+    /// Leases acquired in all.
+    pub acquired: u64,
+    /// Leases lost without releasing them (expired locally or taken).
+    pub lost: u64,
+    /// Instances alive, this one included.
+    pub live_instances: usize,
+}
+
+/// Every channel's lease as this instance sees it.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    me: String,
+    ttl: Duration,
+    leases: BTreeMap<String, Lease>,
+    /// Other instances by id → last time heard from.
+    peers: BTreeMap<String, Millis>,
+    stats: LeaseStats,
+    shutting_down: bool,
+}
+
+fn key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// A stable per-(instance, channel) rank, so instances prefer different channels when
+/// they shed load (FNV-1a: fixed across builds and platforms, unlike `DefaultHasher`).
+fn rank(me: &str, channel: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in me.bytes().chain([0]).chain(channel.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Leases {
+    /// No lease held yet; every channel will be tried at once.
+    pub fn new(cfg: &HaConfig) -> Leases {
+        Leases {
+            me: cfg.instance.clone(),
+            ttl: cfg.lease_ttl,
+            leases: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            stats: LeaseStats::default(),
+            shutting_down: false,
+        }
+    }
+
+    /// This instance's id.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    fn margin(&self) -> Duration {
+        self.ttl / 5
+    }
+
+    fn retry(&self) -> Duration {
+        self.renew_every().min(Duration::from_secs(1))
+    }
+
+    /// Makes the set of channels `names` (config order); new ones start in standby and
+    /// are tried at once, removed ones are released if held.
+    pub fn set_channels(&mut self, names: &[String], now: Millis) -> Vec<Intent> {
+        let wanted: BTreeMap<String, &String> = names.iter().map(|n| (key(n), n)).collect();
+        let mut out = Vec::new();
+        let gone: Vec<String> = self.leases.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for k in gone {
+            if let Some(l) = self.leases.remove(&k) {
+                if let State::Owned { revision, .. } = l.state {
+                    // Removed by a reload: leave it for nobody; the key expires or is deleted.
+                    out.push(Intent::Release(l.name, revision));
+                }
+            }
+        }
+        for (k, name) in wanted {
+            self.leases.entry(k).or_insert_with(|| Lease {
+                name: name.clone(),
+                state: State::Standby { owner: None, next_try: now },
+                dirty: false,
+                last_save: None,
+                other_owner_seen: false,
+            });
+        }
+        out
+    }
+
+    /// Whether this instance may speak for `channel` at `now`.
+    pub fn owns(&self, channel: &str, now: Millis) -> bool {
+        matches!(self.leases.get(&key(channel)).map(|l| &l.state),
+            Some(State::Owned { valid_until, .. }) if now < *valid_until)
+    }
+
+    /// The owner as far as this instance knows: `Some(me)` when held here.
+    pub fn owner(&self, channel: &str) -> Option<&str> {
+        match &self.leases.get(&key(channel))?.state {
+            State::Owned { .. } | State::Releasing { .. } => Some(&self.me),
+            State::Standby { owner, .. } => owner.as_deref(),
+            State::Acquiring { .. } => None,
+        }
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self, now: Millis) -> LeaseStats {
+        LeaseStats {
+            owned: self.leases.values().filter(|l| matches!(l.state, State::Owned { .. })).count(),
+            live_instances: self.live(now),
+            ..self.stats
+        }
+    }
+
+    fn live(&self, now: Millis) -> usize {
+        1 + self.peers.values().filter(|t| now < t.after(self.ttl)).count()
+    }
+
+    /// The most leases this instance should hold: `ceil(channels / live) + 1`.
+    pub fn cap(&self, now: Millis) -> usize {
+        self.leases.len().div_ceil(self.live(now)) + 1
+    }
+
+    /// Limit state of `channel` changed (a send, a firing): save it within a second.
+    pub fn mark_dirty(&mut self, channel: &str) {
+        if let Some(l) = self.leases.get_mut(&key(channel)) {
+            if matches!(l.state, State::Owned { .. }) {
+                l.dirty = true;
+            }
+        }
+    }
+
+    /// Shutdown: release every lease as soon as its channel is idle (`release_idle`),
+    /// acquire no more.
+    pub fn shut_down(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// True when no lease is held or being released (shutdown may complete).
+    pub fn all_released(&self) -> bool {
+        self.leases.values().all(|l| matches!(l.state, State::Standby { .. }))
+    }
+
+    /// Applies an outcome from the bucket.
+    pub fn on_event(&mut self, now: Millis, ev: LeaseEvent) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let (ttl, margin, renew, retry) = (self.ttl, self.margin(), self.renew_every(), self.retry());
+        let me = self.me.clone();
+        match ev {
+            LeaseEvent::Peer { instance, alive } => {
+                if instance != me {
+                    if alive {
+                        self.peers.insert(instance, now);
+                    } else {
+                        self.peers.remove(&instance);
+                        // The cap just rose and its leases are (being) released: look now.
+                        for l in self.leases.values_mut() {
+                            if let State::Standby { owner, next_try } = &mut l.state {
+                                if owner.is_none() || owner.as_deref() == Some(instance.as_str()) {
+                                    *next_try = (*next_try).min(now);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            LeaseEvent::Acquired { channel, revision, state } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                if let State::Acquiring { sent } = l.state {
+                    l.state = State::Owned {
+                        revision,
+                        valid_until: sent.after(ttl.saturating_sub(margin)),
+                        next_renew: sent.after(renew),
+                        renewing: None,
+                    };
+                    l.dirty = false;
+                    l.last_save = None;
+                    self.stats.acquired += 1;
+                    if std::mem::take(&mut l.other_owner_seen) {
+                        self.stats.takeovers += 1;
+                    }
+                    out.push(Transition::Gained(l.name.clone(), state));
+                }
+            }
+            LeaseEvent::Renewed { channel, revision } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                if let State::Owned { revision: r, valid_until, next_renew, renewing } = &mut l.state {
+                    if let Some(sent) = renewing.take() {
+                        *r = revision;
+                        *valid_until = (*valid_until).max(sent.after(ttl.saturating_sub(margin)));
+                        *next_renew = sent.after(renew);
+                        self.stats.renewals += 1;
+                    }
+                }
+            }
+            LeaseEvent::Taken { channel } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                match l.state {
+                    State::Acquiring { .. } => {
+                        l.other_owner_seen = true;
+                        l.state = State::Standby { owner: None, next_try: now.after(renew) };
+                    }
+                    State::Owned { .. } => {
+                        self.stats.lost += 1;
+                        l.other_owner_seen = true;
+                        l.state = State::Standby { owner: None, next_try: now.after(renew) };
+                        out.push(Transition::Lost(l.name.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            LeaseEvent::Failed { channel } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                match &mut l.state {
+                    State::Acquiring { .. } => l.state = State::Standby { owner: None, next_try: now.after(retry) },
+                    State::Owned { renewing, next_renew, .. } => {
+                        *renewing = None;
+                        *next_renew = now.after(retry);
+                    }
+                    // Could not delete it: it expires by itself.
+                    State::Releasing { .. } => l.state = State::Standby { owner: None, next_try: now.after(ttl) },
+                    State::Standby { .. } => {}
+                }
+            }
+            LeaseEvent::Released { channel } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                if matches!(l.state, State::Releasing { .. }) {
+                    // Leave it to the others for a while (balancing, handover).
+                    l.state = State::Standby { owner: None, next_try: now.after(ttl) };
+                }
+            }
+            LeaseEvent::Seen { channel, owner } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                if owner != me {
+                    l.other_owner_seen = true;
+                    match &mut l.state {
+                        State::Standby { owner: o, next_try } => {
+                            *o = Some(owner);
+                            // It cannot expire before `ttl` after this write.
+                            *next_try = (*next_try).max(now.after(ttl + Duration::from_millis(100)));
+                        }
+                        // Another instance wrote our key: we lost it.
+                        State::Owned { .. } => {
+                            self.stats.lost += 1;
+                            l.state = State::Standby { owner: Some(owner), next_try: now.after(ttl) };
+                            out.push(Transition::Lost(l.name.clone()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            LeaseEvent::Free { channel } => {
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                if let State::Standby { owner, next_try } = &mut l.state {
+                    *owner = None;
+                    *next_try = (*next_try).min(now);
+                }
+            }
+        }
+        out
+    }
+
+    /// Time passes: leases past their trust expire, renewals and saves fall due, free
+    /// channels are tried, surplus is shed. `idle` tells whether a channel has nothing in
+    /// flight or queued (only idle channels are given away).
+    pub fn tick(&mut self, now: Millis, idle: impl Fn(&str) -> bool) -> (Vec<Transition>, Vec<Intent>) {
+        let (mut trans, mut intents) = (Vec::new(), Vec::new());
+        let retry = self.retry();
+        let cap = self.cap(now);
+        let mut held = 0;
+        for l in self.leases.values_mut() {
+            if let State::Owned { revision, valid_until, next_renew, renewing } = &mut l.state {
+                if now >= *valid_until {
+                    self.stats.lost += 1;
+                    trans.push(Transition::Lost(l.name.clone()));
+                    l.state = State::Standby { owner: None, next_try: now.after(retry) };
+                    continue;
+                }
+                held += 1;
+                if renewing.is_none() && now >= *next_renew {
+                    *renewing = Some(now);
+                    intents.push(Intent::Renew(l.name.clone(), *revision));
+                }
+                if l.dirty && l.last_save.is_none_or(|t| now >= t.after(Duration::from_secs(1))) {
+                    l.dirty = false;
+                    l.last_save = Some(now);
+                    intents.push(Intent::Save(l.name.clone()));
+                }
+            } else if let State::Acquiring { sent } | State::Releasing { sent } = l.state {
+                if now >= sent.after(self.ttl) {
+                    // No answer within a TTL (it cannot be ours any more): start over.
+                    l.state = State::Standby { owner: None, next_try: now };
+                } else if matches!(l.state, State::Acquiring { .. }) {
+                    // Leases on their way out do not count: they are going.
+                    held += 1;
+                }
+            }
+        }
+        if self.shutting_down {
+            for l in self.leases.values_mut() {
+                if let State::Owned { revision, .. } = l.state {
+                    if idle(&l.name) {
+                        l.state = State::Releasing { sent: now };
+                        trans.push(Transition::Lost(l.name.clone()));
+                        intents.push(Intent::Release(l.name.clone(), revision));
+                    }
+                }
+            }
+            return (trans, intents);
+        }
+        if held > cap {
+            // Shed the surplus: idle channels with the highest rank first.
+            let mut owned: Vec<(u64, String)> = self
+                .leases
+                .values()
+                .filter(|l| matches!(l.state, State::Owned { .. }) && idle(&l.name))
+                .map(|l| (rank(&self.me, &l.name), key(&l.name)))
+                .collect();
+            owned.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, k) in owned.into_iter().take(held - cap) {
+                if let Some(l) = self.leases.get_mut(&k) {
+                    if let State::Owned { revision, .. } = l.state {
+                        l.state = State::Releasing { sent: now };
+                        // Silent from now on: the key may be someone else's a moment later.
+                        trans.push(Transition::Lost(l.name.clone()));
+                        intents.push(Intent::Release(l.name.clone(), revision));
+                    }
+                }
+            }
+        } else {
+            let mut room = cap - held;
+            let mut due: Vec<(u64, String)> = self
+                .leases
+                .values()
+                .filter(|l| matches!(l.state, State::Standby { next_try, .. } if now >= next_try))
+                .map(|l| (rank(&self.me, &l.name), key(&l.name)))
+                .collect();
+            due.sort_unstable();
+            for (_, k) in due {
+                let Some(l) = self.leases.get_mut(&k) else { continue };
+                if room == 0 {
+                    // At the cap: look again later (the cap moves as peers come and go).
+                    if let State::Standby { next_try, .. } = &mut l.state {
+                        *next_try = now.after(retry);
+                    }
+                    continue;
+                }
+                l.state = State::Acquiring { sent: now };
+                intents.push(Intent::Acquire(l.name.clone()));
+                room -= 1;
+            }
+        }
+        (trans, intents)
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self, now: Millis) -> Option<Millis> {
+        let mut next: Option<Millis> = None;
+        let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+        for l in self.leases.values() {
+            match &l.state {
+                State::Standby { next_try, .. } if !self.shutting_down => at(*next_try),
+                State::Acquiring { sent } | State::Releasing { sent } => at(sent.after(self.ttl)),
+                State::Owned { valid_until, next_renew, renewing, .. } => {
+                    at(*valid_until);
+                    if renewing.is_none() {
+                        at(*next_renew);
+                    }
+                    if l.dirty {
+                        at(l.last_save.map_or(now, |t| t.after(Duration::from_secs(1))));
+                    }
+                    if self.shutting_down {
+                        at(now.after(Duration::from_millis(50)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Peers expiring change the cap: look again once a renew period.
+        if !self.peers.is_empty() && !self.shutting_down {
+            at(now.after(self.renew_every()));
+        }
+        next
+    }
+}

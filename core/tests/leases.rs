@@ -1,0 +1,161 @@
+//! Channel leases (`ha`) as the engine sees them: a standby never speaks, an owner
+//! renews before its lease can expire and stops trusting it before anyone else could
+//! hold it, limits survive a takeover, shutdown hands leases back.
+
+mod common;
+
+use chatbot_core::{Effect, Input, LeaseEvent, LeaseOp, LimitSnapshot, Outcome, Reason};
+use common::{Bot, T0};
+
+const HA: &str = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: lounge } ]\n";
+
+fn ops(bot: &Bot) -> Vec<LeaseOp> {
+    bot.effects.iter().filter_map(|e| if let Effect::Lease(op) = e { Some(op.clone()) } else { None }).collect()
+}
+
+fn lease(bot: &mut Bot, ev: LeaseEvent) {
+    bot.input(Input::Lease(ev));
+}
+
+fn acquired(bot: &mut Bot, state: Option<LimitSnapshot>) {
+    lease(bot, LeaseEvent::Acquired { channel: "lounge".into(), revision: 1, state });
+}
+
+#[test]
+fn a_standby_reads_the_room_but_never_speaks_and_asks_for_the_lease() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    assert_eq!(ops(&bot), [LeaseOp::Acquire { channel: "lounge".into() }]);
+    bot.say("alice", "hey KrytenBot");
+    assert!(bot.calls().is_empty());
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner]);
+    // Someone else holds it.
+    lease(&mut bot, LeaseEvent::Taken { channel: "lounge".into() });
+    assert_eq!(bot.engine.lease_owner("lounge"), None);
+    bot.say("bob", "KrytenBot?");
+    assert!(bot.calls().is_empty());
+}
+
+#[test]
+fn an_owner_speaks_renews_and_stops_before_its_lease_could_expire() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    acquired(&mut bot, None);
+    assert_eq!(bot.engine.lease_owner("lounge"), Some("me"));
+    bot.say("alice", "hey KrytenBot");
+    bot.answer("hi alice");
+    assert_eq!(bot.said(), ["hi alice"]);
+    // Renewal at a third of the TTL.
+    bot.clear();
+    bot.wait(3_000);
+    let renewals: Vec<LeaseOp> = ops(&bot).into_iter().filter(|o| matches!(o, LeaseOp::Renew { .. })).collect();
+    assert_eq!(renewals, [LeaseOp::Renew { channel: "lounge".into(), revision: 1 }]);
+    // The renewal never comes back: at ttl - ttl/5 (7.2 s after the acquire was sent)
+    // the instance stops speaking, before the key can expire on the server.
+    bot.clear();
+    bot.wait(4_200);
+    bot.say("alice", "KrytenBot still there?");
+    assert!(bot.calls().is_empty(), "an owner whose lease ran out must not call");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner]);
+    assert_eq!(bot.engine.lease_stats().unwrap().lost, 1);
+}
+
+#[test]
+fn renewals_keep_the_lease_and_a_reply_in_flight_is_dropped_when_it_is_lost() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    acquired(&mut bot, None);
+    for round in 0..5 {
+        bot.wait(3_000);
+        lease(&mut bot, LeaseEvent::Renewed { channel: "lounge".into(), revision: 2 + round });
+    }
+    bot.say("alice", "hey KrytenBot");
+    let call = bot.last_call();
+    // Another instance took the key (we were partitioned): stop.
+    lease(&mut bot, LeaseEvent::Seen { channel: "lounge".into(), owner: "other".into() });
+    bot.reply(&call, "too late");
+    assert!(bot.said().is_empty());
+    assert!(bot.reasons(Outcome::Dropped).contains(&Reason::NotOwner));
+}
+
+#[test]
+fn limits_survive_a_takeover_from_the_saved_state_and_the_echoes_seen() {
+    let cfg = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: lounge, limits: { per_channel: { max: 3, window: 1m } } } ]\n";
+    let mut bot = Bot::new(cfg);
+    bot.wait(0);
+    lease(&mut bot, LeaseEvent::Taken { channel: "lounge".into() });
+    // The other owner said two lines (echoed by the channel) ...
+    bot.say("KrytenBot", "first answer");
+    bot.wait(1_000);
+    bot.say("KrytenBot", "second answer");
+    // ... and saved only the first before it died.
+    let saved = LimitSnapshot { at: T0, sends: vec![T0], last_send: Some(T0), ..Default::default() };
+    bot.clear();
+    bot.wait(10_000);
+    let acquire = ops(&bot);
+    assert!(acquire.contains(&LeaseOp::Acquire { channel: "lounge".into() }), "{acquire:?}");
+    acquired(&mut bot, Some(saved));
+    // Two sends in the window: one more fits, then the limit holds.
+    bot.say("alice", "KrytenBot one");
+    bot.answer("ok one");
+    bot.say("bob", "KrytenBot two");
+    assert_eq!(bot.said(), ["ok one"]);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerChannelLimit]);
+    // The new owner saves its own state within a second of a send.
+    bot.wait(1_000);
+    let saved: Vec<LimitSnapshot> = ops(&bot)
+        .into_iter()
+        .filter_map(|o| if let LeaseOp::Save { state, .. } = o { Some(state) } else { None })
+        .collect();
+    assert!(saved.last().is_some_and(|s| s.sends.len() == 3), "{saved:?}");
+}
+
+#[test]
+fn shutdown_releases_the_lease_once_the_channel_is_idle() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    acquired(&mut bot, None);
+    bot.say("alice", "hey KrytenBot");
+    let call = bot.last_call();
+    bot.clear();
+    bot.input(Input::Shutdown);
+    let releases =
+        |bot: &Bot| ops(bot).into_iter().filter(|o| matches!(o, LeaseOp::Release { .. })).collect::<Vec<_>>();
+    assert!(releases(&bot).is_empty(), "a reply is in flight: keep the lease until it is said");
+    bot.reply(&call, "bye alice");
+    bot.wait(100);
+    assert_eq!(bot.said(), ["bye alice"]);
+    let release = releases(&bot);
+    assert!(matches!(release.as_slice(), [LeaseOp::Release { revision: 1, .. }]), "{release:?}");
+    assert!(!bot.effects.iter().any(|e| matches!(e, Effect::ShutdownComplete)));
+    lease(&mut bot, LeaseEvent::Released { channel: "lounge".into() });
+    assert!(bot.effects.iter().any(|e| matches!(e, Effect::ShutdownComplete)));
+}
+
+#[test]
+fn an_instance_holds_at_most_its_share_plus_one() {
+    let names: Vec<String> = (0..6).map(|i| format!("{{ name: c{i} }}")).collect();
+    let cfg = format!("ha: {{ enabled: true, lease_ttl: 9s, instance: me }}\nchannels: [ {} ]\n", names.join(", "));
+    let mut bot = Bot::new(&cfg);
+    bot.wait(0);
+    // Alone: it asks for all six.
+    let acquires = ops(&bot).len();
+    assert_eq!(acquires, 6);
+    for i in 0..6 {
+        lease(&mut bot, LeaseEvent::Acquired { channel: format!("c{i}"), revision: 1, state: None });
+    }
+    // Two more instances appear: ceil(6 / 3) + 1 = 3, so three leases go back.
+    bot.clear();
+    lease(&mut bot, LeaseEvent::Peer { instance: "b".into(), alive: true });
+    lease(&mut bot, LeaseEvent::Peer { instance: "c".into(), alive: true });
+    let released = ops(&bot).iter().filter(|o| matches!(o, LeaseOp::Release { .. })).count();
+    assert_eq!(released, 3);
+    assert_eq!(bot.engine.lease_stats().unwrap().live_instances, 3);
+    // What it gave back it no longer speaks for, at once.
+    bot.clear();
+    for i in 0..6 {
+        bot.say_in(&format!("c{i}"), "alice", "hey KrytenBot");
+    }
+    assert_eq!(bot.calls().len(), 3);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner; 3]);
+}
