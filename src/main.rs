@@ -330,6 +330,15 @@ fn summary(path: &Path, cfg: &Config) -> String {
             p.api_key_env.as_deref().unwrap_or("nowhere: no key")
         );
     }
+    if cfg.ha.enabled {
+        let _ = writeln!(
+            s,
+            "  ha: leases in JetStream bucket {} (ttl {}), instance {}",
+            cfg.ha.bucket,
+            humantime::format_duration(cfg.ha.lease_ttl),
+            if cfg.ha.instance.is_empty() { "hostname-pid" } else { cfg.ha.instance.as_str() }
+        );
+    }
     let _ = writeln!(s, "  channels: {}", cfg.channels.len());
     for ch in &cfg.channels {
         let t = &ch.triggers;

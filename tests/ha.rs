@@ -175,6 +175,9 @@ async fn a_mention_burst_across_a_crash_takeover_never_exceeds_the_channel_limit
     let mut commands = Commands::subscribe(&client).await;
     let h = settled(&[("a", &a), ("b", &b)], 1, Duration::from_secs(10)).await;
     let owner = if h["a"].is_empty() { &b } else { &a };
+    // The standby has been reading the channel for a while (one that only just started
+    // would rightly assume the worst about what it did not see).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // CyTube echoes what the bot says into the channel; so does this harness.
     let echo = |text: &str, i: usize| chat("burst", "KrytenBot", text, &format!("echo-{i}"));
     let mut said = 0;

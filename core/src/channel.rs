@@ -40,6 +40,10 @@ const MAX_PM_THREADS: usize = 64;
 const USER_PRUNE_THRESHOLD: usize = 1024;
 const MAX_EVENT_KINDS: usize = 64;
 const RECENT_DECISIONS: usize = 200;
+/// Correlation ids of the last replies sent, handed to the next lease owner (`ha`).
+const ANSWERED: usize = 64;
+/// Lines remembered in `sent_log`.
+const SENT_LOG: usize = 256;
 /// Slack on top of the runtime's own timeouts and retries before the engine gives up on
 /// a request by itself.
 const DEADLINE_SLACK: Duration = Duration::from_secs(10);
@@ -250,6 +254,12 @@ pub(crate) struct Channel {
     pub owner: bool,
     /// Limit state changed since the engine last looked (for saving it with the lease).
     limits_dirty: bool,
+    /// Correlation ids of the last events answered (bounded by `ANSWERED`).
+    answered: VecDeque<String>,
+    /// The bot's recent lines in this channel, sent here or seen echoed while another
+    /// instance held the lease: (time, text fingerprint), bounded by `SENT_LOG`. A new
+    /// lease owner counts each line once whoever reported it.
+    sent_log: VecDeque<(Millis, u64)>,
     /// The last decisions, for `decisions.recent` (bounded).
     recent_decisions: VecDeque<Decision>,
     pub stats: ChannelStats,
@@ -293,6 +303,8 @@ impl Channel {
             muted: false,
             owner: true,
             limits_dirty: false,
+            answered: VecDeque::new(),
+            sent_log: VecDeque::new(),
             recent_decisions: VecDeque::new(),
             stats: ChannelStats::default(),
             cfg,
@@ -463,6 +475,7 @@ impl Channel {
                 // from what was really sent even if that instance died before saving.
                 self.window.record(at, self.cfg.limits.per_channel);
                 self.last_send = self.last_send.max(Some(at));
+                self.log_sent(at, &msg.text);
             }
             return self.ignore(env, cid, Some(&msg.user), None, Reason::OwnMessage);
         }
@@ -1155,6 +1168,15 @@ impl Channel {
                 CommandKind::Say { .. } => out.user.clone(),
             };
             let cid = out.command.correlation_id.clone();
+            if let (true, Some(c)) = (out.first, &cid) {
+                if self.answered.len() == ANSWERED {
+                    self.answered.pop_front();
+                }
+                self.answered.push_back(c.clone());
+            }
+            if out.first {
+                self.log_sent(env.now, out.command.kind.text());
+            }
             env.out.push_back(Effect::Publish(out.command));
             self.decide(env, cid.as_deref(), user.as_deref(), Some(out.trigger), Outcome::Sent, out.reason);
         }
@@ -1186,19 +1208,44 @@ impl Channel {
 
     /// This instance now holds the lease: merge the previous owner's saved limits into
     /// what this instance observed (its own lines echoed by the channel), then speak.
-    pub fn gain_lease(&mut self, env: &mut Env, state: Option<LimitSnapshot>) {
+    ///
+    /// `blind`: this instance may have missed echoes around the time of the saved state
+    /// (it was starting or cut off). An owner saves within a second of any change, so
+    /// what a crashed owner did not save it sent within a second after `state.at`: then
+    /// count the most it could have sent in that second.
+    pub fn gain_lease(&mut self, env: &mut Env, state: Option<LimitSnapshot>, blind: bool) {
         if let Some(s) = state {
             self.restore(&s);
+            if blind && !s.released {
+                let lim = self.cfg.limits.clone();
+                let at = Millis(s.at).after(Duration::from_secs(1));
+                let used = self.window.count(env.now.max(at), lim.per_channel.window) as u64;
+                let room = u64::from(lim.per_channel.max).saturating_sub(used);
+                let spacing = lim.send_spacing.as_millis() as u64;
+                let possible = 1_000u64.checked_div(spacing).map_or(room, |n| room.min(1 + n));
+                for _ in 0..possible {
+                    self.window.record(at, lim.per_channel);
+                }
+                self.last_send = self.last_send.max(Some(at));
+            }
         }
         self.owner = true;
         self.flush(env);
     }
 
+    fn log_sent(&mut self, at: Millis, text: &str) {
+        if self.sent_log.len() == SENT_LOG {
+            self.sent_log.pop_front();
+        }
+        self.sent_log.push_back((at, crate::lease::fingerprint(text)));
+    }
+
     /// The limit state a new owner needs. Replies in flight count as sent now.
     pub fn snapshot(&mut self, now: Millis) -> LimitSnapshot {
         let lim = self.cfg.limits.clone();
-        let mut sends: Vec<u64> = self.window.times(now, lim.per_channel.window).map(|t| t.0).collect();
-        sends.extend(std::iter::repeat_n(now.0, self.pending));
+        let sends: Vec<u64> = self.window.times(now, lim.per_channel.window).map(|t| t.0).collect();
+        let horizon = now.before(lim.per_channel.window);
+        let lines = self.sent_log.iter().filter(|(t, _)| *t > horizon).map(|(t, h)| (t.0, *h)).collect();
         let mut users: Vec<UserLimits> = self
             .users
             .iter_mut()
@@ -1228,12 +1275,21 @@ impl Channel {
             last_media_comment: self.last_media_comment.map(|t| t.0),
             triggers: self.trigger_last.iter().map(|(t, at)| (trigger_key(*t), at.0)).collect(),
             users,
+            answered: self.answered.iter().cloned().collect(),
+            lines,
+            in_flight: self.pending as u32,
+            released: false,
         }
     }
 
     /// Merges a previous owner's state: the later of every mark, and the union of send
     /// times where a send this instance saw echoed within 5 s of a saved one counts once.
     fn restore(&mut self, s: &LimitSnapshot) {
+        // An event the previous owner answered is never answered again, even if it
+        // reaches this instance only now.
+        for cid in &s.answered {
+            self.seen.insert(key_of(("id", cid.as_str())));
+        }
         let lim = self.cfg.limits.clone();
         let max = |a: Option<Millis>, b: Option<u64>| a.max(b.map(Millis));
         self.last_send = max(self.last_send, s.last_send);
@@ -1245,10 +1301,27 @@ impl Channel {
                 *e = (*e).max(Millis(*at));
             }
         }
-        self.window = merge_sends(&self.window, &s.sends, lim.per_channel);
+        // The channel window: the saved sends, plus the lines this instance logged that
+        // the saved state does not know (an echo of a send the old owner never saved).
+        // A reply that was in flight at `at` counts once: by its echo if this instance
+        // saw one after `at`, else as sent at `at`.
+        let extra = unmatched_lines(&self.sent_log, &s.lines);
+        let echoed_later = extra.iter().filter(|(t, _)| *t >= Millis(s.at).before(Duration::from_secs(1))).count();
+        let unseen = (s.in_flight as usize).saturating_sub(echoed_later);
+        let mut times: Vec<u64> = s.sends.clone();
+        times.extend(extra.iter().map(|(t, _)| t.0));
+        times.extend(std::iter::repeat_n(s.at, unseen));
+        self.window = window_of(times, lim.per_channel);
+        let mut log: Vec<(Millis, u64)> = s.lines.iter().map(|&(t, h)| (Millis(t), h)).chain(extra).collect();
+        log.sort_unstable();
+        self.sent_log = log.into_iter().rev().take(SENT_LOG).rev().collect();
         for u in &s.users {
             let st = self.users.entry(u.user.clone()).or_default();
-            st.window = merge_sends(&st.window, &u.sends, lim.per_user);
+            // Same clock or not, a time seen twice is one send.
+            let mut times: Vec<u64> = st.window.all().map(|t| t.0).chain(u.sends.iter().copied()).collect();
+            times.sort_unstable();
+            times.dedup();
+            st.window = window_of(times, lim.per_user);
             st.penalty_until = max(st.penalty_until, u.penalty_until);
             st.backoff_until = max(st.backoff_until, u.backoff_until);
             st.strikes = st.strikes.max(u.strikes);
@@ -1278,23 +1351,32 @@ impl Channel {
     }
 }
 
-/// Send times of `ours` and `saved` together; a time of ours within 5 s of a saved one
-/// is the same message seen twice (the echo of a send).
-fn merge_sends(ours: &SlidingWindow, saved: &[u64], cfg: crate::config::WindowConfig) -> SlidingWindow {
-    let mut saved: Vec<u64> = saved.to_vec();
-    saved.sort_unstable();
+/// The lines of `ours` that are not in `saved`: a saved line accounts for at most one
+/// of ours with the same text fingerprint within 2 s of it (clocks and delivery differ
+/// a little; the same text may well be said twice, e.g. a fallback line).
+fn unmatched_lines(ours: &VecDeque<(Millis, u64)>, saved: &[(u64, u64)]) -> Vec<(Millis, u64)> {
     let mut used = vec![false; saved.len()];
-    let mut all: Vec<u64> = saved.clone();
-    for t in ours.all().map(|t| t.0) {
-        let twin = saved.iter().enumerate().position(|(i, s)| !used[i] && s.abs_diff(t) <= 5_000);
+    let mut extra = Vec::new();
+    for &(t, h) in ours {
+        let twin = saved
+            .iter()
+            .enumerate()
+            .filter(|(i, (st, sh))| !used[*i] && *sh == h && st.abs_diff(t.0) <= 2_000)
+            .min_by_key(|(_, (st, _))| st.abs_diff(t.0))
+            .map(|(i, _)| i);
         match twin {
             Some(i) => used[i] = true,
-            None => all.push(t),
+            None => extra.push((t, h)),
         }
     }
-    all.sort_unstable();
+    extra
+}
+
+/// A window holding `times` (the latest `max` of them).
+fn window_of(mut times: Vec<u64>, cfg: crate::config::WindowConfig) -> SlidingWindow {
+    times.sort_unstable();
     let mut w = SlidingWindow::default();
-    for t in all {
+    for t in times {
         w.record(Millis(t), cfg);
     }
     w

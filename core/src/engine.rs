@@ -12,7 +12,7 @@ use crate::channel::{Channel, ChannelStats, ChannelStatus, CompileCache, Env};
 use crate::config::Config;
 use crate::contract::{Decision, Effect, Input, Outcome, Reason};
 use crate::event::{self, Event};
-use crate::lease::{Intent, LeaseOp, LeaseStats, Leases, Transition};
+use crate::lease::{Intent, LeaseOp, LeaseStats, Leases, LimitSnapshot, Transition};
 use crate::time::Millis;
 use crate::timer::{TimerKey, Timers};
 
@@ -59,6 +59,9 @@ pub struct Engine {
     spend: Ledger,
     /// Channel leases when `ha.enabled`.
     ha: Option<Leases>,
+    /// Recent spells without NATS (start, end; `None` while it lasts), bounded: while
+    /// down, this instance did not see what another instance said.
+    outages: VecDeque<(Millis, Option<Millis>)>,
 }
 
 impl Engine {
@@ -81,6 +84,7 @@ impl Engine {
             unrouted: 0,
             spend: Ledger::default(),
             ha: config.ha.enabled.then(|| Leases::new(&config.ha)),
+            outages: VecDeque::new(),
         };
         engine.apply_config(config);
         engine
@@ -122,6 +126,18 @@ impl Engine {
                 }
             }
             Input::Connection { up } => {
+                if up != self.connected {
+                    if up {
+                        if let Some(o) = self.outages.back_mut() {
+                            o.1 = Some(self.now);
+                        }
+                    } else {
+                        if self.outages.len() == 32 {
+                            self.outages.pop_front();
+                        }
+                        self.outages.push_back((self.now, None));
+                    }
+                }
                 self.connected = up;
                 if up {
                     let slots: Vec<u32> = self.channels.keys().copied().collect();
@@ -255,8 +271,9 @@ impl Engine {
         for t in transitions {
             match t {
                 Transition::Gained(name, state) => {
+                    let blind = state.as_ref().is_some_and(|s| self.was_blind(Millis(s.at)));
                     if let Some(slot) = self.slot_of(&name) {
-                        self.with_channel(slot, |ch, env| ch.gain_lease(env, state));
+                        self.with_channel(slot, |ch, env| ch.gain_lease(env, state, blind));
                     }
                 }
                 Transition::Lost(name) => {
@@ -266,6 +283,15 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether this instance may have missed the bot's own lines said in the second
+    /// after `at` (another instance's clock: clocks are assumed within a second of each
+    /// other): it was not running yet, or NATS was down.
+    fn was_blind(&self, at: Millis) -> bool {
+        const SKEW: std::time::Duration = std::time::Duration::from_secs(1);
+        let (from, to) = (at.before(SKEW), at.after(SKEW * 2));
+        self.start > from || self.outages.iter().any(|&(down, up)| down <= to && up.is_none_or(|u| u >= from))
     }
 
     fn emit_intents(&mut self, intents: Vec<Intent>) {
@@ -286,7 +312,7 @@ impl Engine {
                     LeaseOp::Save { channel, state }
                 }
                 Intent::Release(channel, revision) => {
-                    let state = snapshot(self, &channel);
+                    let state = LimitSnapshot { released: true, ..snapshot(self, &channel) };
                     LeaseOp::Release { channel, revision, state }
                 }
             };

@@ -116,7 +116,8 @@ pub enum LeaseOp {
 
 /// The rate-limit state a new owner starts from: recent send times and cooldown marks,
 /// in epoch milliseconds of the writer's clock. Replies still being generated count as
-/// sent at `at`, so a takeover can only over-count.
+/// sent (at `at`, unless the new owner saw them echoed), so a takeover can only
+/// over-count.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitSnapshot {
     /// When it was taken.
@@ -134,6 +135,35 @@ pub struct LimitSnapshot {
     pub triggers: Vec<(String, u64)>,
     /// Users with live limits.
     pub users: Vec<UserLimits>,
+    /// Correlation ids of the last events answered: the next owner never answers them
+    /// again, even when they reach it late.
+    #[serde(default)]
+    pub answered: Vec<String>,
+    /// The bot's lines inside the per-channel window: (time, [`fingerprint`] of the
+    /// text). A new owner recognises its own echo of each by the fingerprint.
+    #[serde(default)]
+    pub lines: Vec<(u64, u64)>,
+    /// Replies being generated at `at` (each may be sent later).
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Written by a graceful release (complete), not by the periodic save of an owner
+    /// that may have gone on sending for up to a second before it crashed or was cut off.
+    #[serde(default)]
+    pub released: bool,
+}
+
+/// A fingerprint of a line's text (FNV-1a: the same in every build of every instance).
+pub fn fingerprint(text: &str) -> u64 {
+    fnv(text.bytes())
+}
+
+fn fnv(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// One user's part of a [`LimitSnapshot`].
@@ -236,12 +266,7 @@ fn key(name: &str) -> String {
 /// A stable per-(instance, channel) rank, so instances prefer different channels when
 /// they shed load (FNV-1a: fixed across builds and platforms, unlike `DefaultHasher`).
 fn rank(me: &str, channel: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in me.bytes().chain([0]).chain(channel.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    fnv(me.bytes().chain([0]).chain(channel.bytes()))
 }
 
 impl Leases {

@@ -84,18 +84,27 @@ fn limits_survive_a_takeover_from_the_saved_state_and_the_echoes_seen() {
     let mut bot = Bot::new(cfg);
     bot.wait(0);
     lease(&mut bot, LeaseEvent::Taken { channel: "lounge".into() });
+    bot.wait(5_000);
     // The other owner said two lines (echoed by the channel) ...
+    let t = bot.now;
     bot.say("KrytenBot", "first answer");
     bot.wait(1_000);
     bot.say("KrytenBot", "second answer");
     // ... and saved only the first before it died.
-    let saved = LimitSnapshot { at: T0, sends: vec![T0], last_send: Some(T0), ..Default::default() };
+    let saved = LimitSnapshot {
+        at: t,
+        sends: vec![t],
+        lines: vec![(t, chatbot_core::lease::fingerprint("first answer"))],
+        last_send: Some(t),
+        ..Default::default()
+    };
     bot.clear();
     bot.wait(10_000);
     let acquire = ops(&bot);
     assert!(acquire.contains(&LeaseOp::Acquire { channel: "lounge".into() }), "{acquire:?}");
     acquired(&mut bot, Some(saved));
-    // Two sends in the window: one more fits, then the limit holds.
+    // Two sends in the window (the first known both ways, counted once): one more fits,
+    // then the limit holds.
     bot.say("alice", "KrytenBot one");
     bot.answer("ok one");
     bot.say("bob", "KrytenBot two");
@@ -158,4 +167,50 @@ fn an_instance_holds_at_most_its_share_plus_one() {
     }
     assert_eq!(bot.calls().len(), 3);
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner; 3]);
+}
+
+#[test]
+fn an_event_the_previous_owner_answered_is_not_answered_again_when_it_arrives_late() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    let saved = LimitSnapshot { at: T0, answered: vec!["late-1".into()], released: true, ..Default::default() };
+    acquired(&mut bot, Some(saved));
+    bot.body(common::chat_body("lounge", "alice", "hey KrytenBot", T0, "late-1"));
+    assert!(bot.calls().is_empty());
+    assert_eq!(bot.reasons(Outcome::Ignored), [Reason::DuplicateEvent]);
+    bot.body(common::chat_body("lounge", "alice", "hey KrytenBot, again", T0 + 1, "fresh-2"));
+    assert_eq!(bot.calls().len(), 1);
+}
+
+#[test]
+fn an_instance_that_was_cut_off_assumes_the_worst_about_the_unsaved_second() {
+    let cfg = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: lounge, limits: { send_spacing: 500ms, per_channel: { max: 5, window: 1m } } } ]\n";
+    let mut bot = Bot::new(cfg);
+    bot.wait(0);
+    lease(&mut bot, LeaseEvent::Taken { channel: "lounge".into() });
+    bot.wait(5_000);
+    // NATS is down here while the owner sends and saves one line, then dies: whatever it
+    // said in the next second went unseen.
+    bot.input(Input::Connection { up: false });
+    let t = bot.now;
+    bot.wait(2_000);
+    bot.input(Input::Connection { up: true });
+    let saved = LimitSnapshot {
+        at: t,
+        sends: vec![t],
+        lines: vec![(t, chatbot_core::lease::fingerprint("one"))],
+        ..Default::default()
+    };
+    bot.wait(10_000);
+    acquired(&mut bot, Some(saved));
+    // 1 saved + up to 3 in the unseen second (spacing 500 ms): one of 5 left.
+    for (i, who) in ["alice", "bob", "carol"].iter().enumerate() {
+        bot.wait(1_000);
+        bot.say(who, "KrytenBot?");
+        if i == 0 {
+            bot.answer("ok");
+        }
+    }
+    assert_eq!(bot.said(), ["ok"]);
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerChannelLimit, Reason::PerChannelLimit]);
 }

@@ -1,1 +1,498 @@
+//! Several instances sharing channels through leases (`ha:`), in virtual time.
+//!
+//! Each instance is a production [`Engine`] with its own clock (an offset and a rate
+//! error against real time), its own network link (partitions cut it off from NATS:
+//! events, the lease bucket and peers), and its own fate (start late, crash and restart,
+//! stop gracefully). The lease bucket is a model of a JetStream key-value bucket: keys
+//! with revisions, compare-and-set, and keys that vanish `lease_ttl` after their last
+//! write by the *server's* clock, without a watch notification (as JetStream's `max_age`
+//! does). Everything an instance publishes is echoed into the room, as CyTube does.
+//!
+//! [`run`] returns every reply published, so properties can check that no event is
+//! answered by two instances and that per-channel limits hold across takeovers.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use chatbot_core::{Config, Effect, Engine, Input, LeaseEvent, LeaseOp, LimitSnapshot, LlmReply, Millis, RequestId};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde_json::json;
+
+/// One instance's clock, link and fate. Times are milliseconds after the start.
+#[derive(Debug, Clone, Default)]
+pub struct InstancePlan {
+    /// Local clock minus real time at the start, in ms.
+    pub clock_offset_ms: i64,
+    /// Local clock rate error, parts per million (±10,000 is ±1 %).
+    pub rate_ppm: i64,
+    /// When it starts.
+    pub start_at: u64,
+    /// Cut off from NATS during `[from, to)`.
+    pub partitions: Vec<(u64, u64)>,
+    /// Killed (state lost) at this time ...
+    pub crash_at: Option<u64>,
+    /// ... and started again (a new instance id) at this time.
+    pub restart_at: Option<u64>,
+    /// Stopped gracefully (SIGTERM) at this time.
+    pub stop_at: Option<u64>,
+}
+
+/// A cluster run.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterPlan {
+    /// The instances.
+    pub instances: Vec<InstancePlan>,
+    /// Mentions of the bot: (time, channel, correlation id).
+    pub mentions: Vec<(u64, String, String)>,
+    /// Largest extra delay of an event to one instance (ms).
+    pub max_delivery_skew_ms: u64,
+    /// Largest LLM latency (ms).
+    pub max_llm_latency_ms: u64,
+    /// How long to run (ms).
+    pub duration_ms: u64,
+    /// Seed of every random choice (delays, latencies) and of the engines.
+    pub seed: u64,
+}
+
+/// A message an instance published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Real time (ms after the start).
+    pub at: u64,
+    /// Instance id.
+    pub instance: String,
+    /// Channel.
+    pub channel: String,
+    /// The event it answers.
+    pub correlation_id: Option<String>,
+    /// Whether the instance was connected (a reply published while cut off may still
+    /// leave later from the client's buffer, so properties count it too).
+    pub connected: bool,
+}
+
+/// What happened in a run.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterTrace {
+    /// Every message published by any instance, in time order.
+    pub published: Vec<Published>,
+    /// Lease acquisitions (real time, instance, channel).
+    pub acquisitions: Vec<(u64, String, String)>,
+}
+
+/// Epoch of the simulated world.
+const T0: u64 = 1_768_473_000_000;
+/// Latency of one hop between an instance and the NATS server.
+const HOP_MS: u64 = 2;
+
+#[derive(Debug)]
+enum Msg {
+    /// A room event is published (index into the plan's mentions, or an echo body).
+    Room(Vec<u8>),
+    /// An input reaches instance `i` (generation `g`); `net`: dropped when cut off.
+    Deliver {
+        i: usize,
+        g: u32,
+        input: Input,
+        net: bool,
+    },
+    /// A lease operation reaches the server.
+    Kv {
+        i: usize,
+        g: u32,
+        op: LeaseOp,
+    },
+    /// Instance `i`'s engine timer.
+    Wake {
+        i: usize,
+        g: u32,
+    },
+    /// Instance `i` announces itself (lifecycle heartbeat).
+    Heartbeat {
+        i: usize,
+        g: u32,
+    },
+    Start(usize),
+    Crash(usize),
+    Stop(usize),
+    Link {
+        i: usize,
+        up: bool,
+    },
+}
+
+struct Node {
+    plan: InstancePlan,
+    engine: Option<Engine>,
+    id: String,
+    generation: u32,
+    connected: bool,
+    wake: Option<u64>,
+    cancelled: BTreeSet<RequestId>,
+}
+
+impl Node {
+    fn local(&self, real: u64) -> Millis {
+        let elapsed = real.saturating_sub(T0) as i128;
+        let l = real as i128 + self.plan.clock_offset_ms as i128 + elapsed * self.plan.rate_ppm as i128 / 1_000_000;
+        Millis(l.max(0) as u64)
+    }
+
+    /// The first real time at which the local clock reads at least `at`.
+    fn real(&self, at: Millis) -> u64 {
+        let rate = 1.0 + self.plan.rate_ppm as f64 / 1e6;
+        let guess = T0 as f64 + (at.0 as f64 - self.plan.clock_offset_ms as f64 - T0 as f64) / rate;
+        let mut r = guess.max(0.0) as u64;
+        while self.local(r) < at {
+            r += 1;
+        }
+        while r > 0 && self.local(r - 1) >= at {
+            r -= 1;
+        }
+        r
+    }
+}
+
+struct Lease {
+    revision: u64,
+    written: u64,
+}
+
+/// Runs the plan; `config` must have `ha.enabled`.
+pub fn run(config: &Config, plan: &ClusterPlan) -> ClusterTrace {
+    let mut w = World::new(config, plan);
+    w.run();
+    w.trace
+}
+
+struct World<'a> {
+    config: &'a Config,
+    plan: &'a ClusterPlan,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Msg>,
+    nodes: Vec<Node>,
+    leases: BTreeMap<String, Lease>,
+    state: BTreeMap<String, LimitSnapshot>,
+    revision: u64,
+    rng: ChaCha8Rng,
+    trace: ClusterTrace,
+    echo: u64,
+}
+
+impl<'a> World<'a> {
+    fn new(config: &'a Config, plan: &'a ClusterPlan) -> World<'a> {
+        let mut w = World {
+            config,
+            plan,
+            now: T0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes: Vec::new(),
+            leases: BTreeMap::new(),
+            state: BTreeMap::new(),
+            revision: 0,
+            rng: ChaCha8Rng::seed_from_u64(plan.seed),
+            trace: ClusterTrace::default(),
+            echo: 0,
+        };
+        for (i, p) in plan.instances.iter().enumerate() {
+            w.nodes.push(Node {
+                plan: p.clone(),
+                engine: None,
+                id: String::new(),
+                generation: 0,
+                connected: true,
+                wake: None,
+                cancelled: BTreeSet::new(),
+            });
+            w.at(T0 + p.start_at, Msg::Start(i));
+            if let Some(t) = p.crash_at {
+                w.at(T0 + t, Msg::Crash(i));
+            }
+            if let Some(t) = p.restart_at {
+                w.at(T0 + t, Msg::Start(i));
+            }
+            if let Some(t) = p.stop_at {
+                w.at(T0 + t, Msg::Stop(i));
+            }
+            for &(from, to) in &p.partitions {
+                w.at(T0 + from, Msg::Link { i, up: false });
+                w.at(T0 + to, Msg::Link { i, up: true });
+            }
+        }
+        for (t, channel, cid) in &plan.mentions {
+            let body = json!({"event_name": "chatMsg", "channel": channel, "correlation_id": cid,
+                "payload": {"username": format!("user-{cid}"), "msg": format!("hey KrytenBot {cid}"), "meta": {}, "time": T0 + t}});
+            w.at(T0 + t, Msg::Room(body.to_string().into_bytes()));
+        }
+        w
+    }
+
+    fn at(&mut self, t: u64, m: Msg) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), m);
+    }
+
+    fn rand(&mut self, max: u64) -> u64 {
+        if max == 0 {
+            0
+        } else {
+            self.rng.next_u64() % (max + 1)
+        }
+    }
+
+    fn ttl(&self) -> u64 {
+        self.config.ha.lease_ttl.as_millis() as u64
+    }
+
+    fn run(&mut self) {
+        let end = T0 + self.plan.duration_ms;
+        // Bounded: every message is handled once; engines add finitely many per input.
+        let mut steps = 0u64;
+        while let Some(((t, _), msg)) = self.queue.pop_first() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            self.handle(msg);
+            steps += 1;
+            assert!(steps < 5_000_000, "cluster simulation does not settle");
+        }
+    }
+
+    fn alive(&self, i: usize, g: u32) -> bool {
+        self.nodes[i].engine.is_some() && self.nodes[i].generation == g
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Room(body) => {
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].engine.is_none() {
+                        continue;
+                    }
+                    let d = HOP_MS + self.rand(self.plan.max_delivery_skew_ms);
+                    let g = self.nodes[i].generation;
+                    let input = Input::Event { subject: None, body: body.clone() };
+                    self.at(self.now + d, Msg::Deliver { i, g, input, net: true });
+                }
+            }
+            Msg::Deliver { i, g, input, net } => {
+                if let Input::LlmDone { id, .. } = &input {
+                    if self.nodes[i].cancelled.remove(id) {
+                        return;
+                    }
+                }
+                if self.alive(i, g) && (!net || self.nodes[i].connected) {
+                    self.step(i, input);
+                }
+            }
+            Msg::Kv { i, g, op } => self.kv(i, g, op),
+            Msg::Wake { i, g } => {
+                if self.alive(i, g) && self.nodes[i].wake == Some(self.now) {
+                    self.nodes[i].wake = None;
+                    self.step(i, Input::Tick);
+                }
+            }
+            Msg::Heartbeat { i, g } => {
+                if self.alive(i, g) {
+                    if self.nodes[i].connected {
+                        let instance = self.nodes[i].id.clone();
+                        self.broadcast(Some(i), LeaseEvent::Peer { instance, alive: true });
+                    }
+                    let every = self.ttl() / 3;
+                    self.at(self.now + every, Msg::Heartbeat { i, g });
+                }
+            }
+            Msg::Start(i) => {
+                let n = &mut self.nodes[i];
+                if n.engine.is_some() {
+                    return;
+                }
+                n.generation += 1;
+                n.id = format!("i{i}.{}", n.generation);
+                n.connected = !n.plan.partitions.iter().any(|&(f, t)| (T0 + f..T0 + t).contains(&self.now));
+                let mut cfg = self.config.clone();
+                cfg.ha.instance = n.id.clone();
+                let local = n.local(self.now);
+                n.engine = Some(Engine::new(cfg, self.plan.seed ^ (i as u64) << 8 ^ n.generation as u64, local));
+                let g = n.generation;
+                if !n.connected {
+                    self.step(i, Input::Connection { up: false });
+                }
+                self.step(i, Input::Tick);
+                self.handle(Msg::Heartbeat { i, g });
+            }
+            Msg::Crash(i) => {
+                self.nodes[i].engine = None;
+                self.nodes[i].wake = None;
+            }
+            Msg::Stop(i) => {
+                if self.nodes[i].engine.is_some() {
+                    self.step(i, Input::Shutdown);
+                }
+            }
+            Msg::Link { i, up } => {
+                self.nodes[i].connected = up;
+                if self.nodes[i].engine.is_some() {
+                    self.step(i, Input::Connection { up });
+                }
+            }
+        }
+    }
+
+    /// Sends `ev` to every running, connected instance but `except`, over the network.
+    fn broadcast(&mut self, except: Option<usize>, ev: LeaseEvent) {
+        for j in 0..self.nodes.len() {
+            if Some(j) == except || self.nodes[j].engine.is_none() {
+                continue;
+            }
+            let d = HOP_MS + self.rand(20);
+            let g = self.nodes[j].generation;
+            self.at(self.now + d, Msg::Deliver { i: j, g, input: Input::Lease(ev.clone()), net: true });
+        }
+    }
+
+    /// The server applies `op` from instance `i`, answers it and notifies watchers.
+    fn kv(&mut self, i: usize, g: u32, op: LeaseOp) {
+        let (now, ttl) = (self.now, self.ttl());
+        let live = |l: &Lease| now < l.written + ttl;
+        let key = |c: &str| c.to_lowercase();
+        let owner = self.nodes[i].id.clone();
+        let (answer, notify) = match op {
+            LeaseOp::Acquire { channel } => {
+                if self.leases.get(&key(&channel)).is_some_and(live) {
+                    (Some(LeaseEvent::Taken { channel }), None)
+                } else {
+                    self.revision += 1;
+                    self.leases.insert(key(&channel), Lease { revision: self.revision, written: now });
+                    self.trace.acquisitions.push((now - T0, owner.clone(), channel.clone()));
+                    let state = self.state.get(&key(&channel)).cloned();
+                    let seen = LeaseEvent::Seen { channel: channel.clone(), owner };
+                    (Some(LeaseEvent::Acquired { channel, revision: self.revision, state }), Some(seen))
+                }
+            }
+            LeaseOp::Renew { channel, revision } => match self.leases.get_mut(&key(&channel)) {
+                Some(l) if now < l.written + ttl && l.revision == revision => {
+                    self.revision += 1;
+                    l.revision = self.revision;
+                    l.written = now;
+                    let seen = LeaseEvent::Seen { channel: channel.clone(), owner };
+                    (Some(LeaseEvent::Renewed { channel, revision: self.revision }), Some(seen))
+                }
+                _ => (Some(LeaseEvent::Taken { channel }), None),
+            },
+            LeaseOp::Save { channel, state } => {
+                self.state.insert(key(&channel), state);
+                (None, None)
+            }
+            LeaseOp::Release { channel, revision, state } => {
+                self.state.insert(key(&channel), state);
+                match self.leases.get(&key(&channel)) {
+                    Some(l) if live(l) && l.revision == revision => {
+                        self.leases.remove(&key(&channel));
+                        (Some(LeaseEvent::Released { channel: channel.clone() }), Some(LeaseEvent::Free { channel }))
+                    }
+                    _ => (Some(LeaseEvent::Failed { channel }), None),
+                }
+            }
+        };
+        if let Some(ev) = notify {
+            self.broadcast(None, ev);
+        }
+        if let Some(ev) = answer {
+            // The answer is lost if the link is down when it arrives: the client times out.
+            let back = self.now + HOP_MS;
+            let cut = self.nodes[i].plan.partitions.iter().any(|&(f, t)| (T0 + f..T0 + t).contains(&back));
+            let (when, ev) = if cut { (self.now + ttl / 4, failed(ev)) } else { (back, ev) };
+            self.at(when, Msg::Deliver { i, g, input: Input::Lease(ev), net: false });
+        }
+    }
+
+    /// One input to instance `i` and the drain rule.
+    fn step(&mut self, i: usize, input: Input) {
+        let local = self.nodes[i].local(self.now);
+        let g = self.nodes[i].generation;
+        let Some(engine) = self.nodes[i].engine.as_mut() else { return };
+        engine.handle(local, input);
+        let mut effects = Vec::new();
+        while let Some(e) = engine.poll_effect() {
+            effects.push(e);
+        }
+        let next = engine.poll_timeout();
+        for e in effects {
+            match e {
+                Effect::CallLlm(call) => {
+                    let latency = self.rand(self.plan.max_llm_latency_ms);
+                    let text = format!("sure thing ({})", call.id.0);
+                    let input = Input::LlmDone { id: call.id, result: Ok(LlmReply { text, usage: None }) };
+                    self.at(self.now + latency, Msg::Deliver { i, g, input, net: false });
+                }
+                Effect::CancelLlm(id) => {
+                    self.nodes[i].cancelled.insert(id);
+                }
+                Effect::Publish(cmd) => {
+                    let connected = self.nodes[i].connected;
+                    self.trace.published.push(Published {
+                        at: self.now - T0,
+                        instance: self.nodes[i].id.clone(),
+                        channel: cmd.channel.clone(),
+                        correlation_id: cmd.correlation_id.clone(),
+                        connected,
+                    });
+                    if connected {
+                        self.echo += 1;
+                        let body = json!({"event_name": "chatMsg", "channel": cmd.channel, "correlation_id": format!("echo-{}", self.echo),
+                            "payload": {"username": self.config.bot.name, "msg": cmd.kind.text(), "meta": {}, "time": self.now}});
+                        self.at(self.now + HOP_MS, Msg::Room(body.to_string().into_bytes()));
+                    }
+                }
+                Effect::Lease(op) => {
+                    if self.nodes[i].connected {
+                        self.at(self.now + HOP_MS, Msg::Kv { i, g, op });
+                    } else if let Some(ev) = op_failed(&op) {
+                        let when = self.now + self.ttl() / 4;
+                        self.at(when, Msg::Deliver { i, g, input: Input::Lease(ev), net: false });
+                    }
+                }
+                Effect::ShutdownComplete => {
+                    let instance = self.nodes[i].id.clone();
+                    if self.nodes[i].connected {
+                        self.broadcast(Some(i), LeaseEvent::Peer { instance, alive: false });
+                    }
+                    self.nodes[i].engine = None;
+                    self.nodes[i].wake = None;
+                    return;
+                }
+                Effect::Decision(_) => {}
+            }
+        }
+        if let Some(t) = next {
+            let real = self.nodes[i].real(t).max(self.now);
+            if self.nodes[i].wake != Some(real) {
+                self.nodes[i].wake = Some(real);
+                self.at(real, Msg::Wake { i, g });
+            }
+        }
+    }
+}
+
+/// The `Failed` answer to an operation (none for `Save`, which has no answer).
+fn op_failed(op: &LeaseOp) -> Option<LeaseEvent> {
+    match op {
+        LeaseOp::Save { .. } => None,
+        LeaseOp::Acquire { channel } | LeaseOp::Renew { channel, .. } | LeaseOp::Release { channel, .. } => {
+            Some(LeaseEvent::Failed { channel: channel.clone() })
+        }
+    }
+}
+
+fn failed(ev: LeaseEvent) -> LeaseEvent {
+    match ev {
+        LeaseEvent::Acquired { channel, .. }
+        | LeaseEvent::Renewed { channel, .. }
+        | LeaseEvent::Taken { channel }
+        | LeaseEvent::Released { channel } => LeaseEvent::Failed { channel },
+        other => other,
+    }
+}

@@ -1,0 +1,145 @@
+//! Leases under adversity: many instances with skewed clocks, partitions, crashes,
+//! restarts and graceful stops share three channels through the simulated lease bucket.
+//! Whatever happens, no event is answered by two instances, and the per-channel limit
+//! holds across every takeover.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chatbot_core::Config;
+use chatbot_sim::ha::{run, ClusterPlan, InstancePlan};
+use proptest::prelude::*;
+
+const CHANNELS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// per_channel: 4 per 30 s.
+const MAX: usize = 4;
+const WINDOW_MS: u64 = 30_000;
+/// Largest clock offset between two instances in the plans (±400 ms each).
+const MAX_OFFSET_GAP_MS: u64 = 800;
+
+fn config() -> Config {
+    Config::parse(
+        r#"
+bot: { name: KrytenBot }
+llm: { providers: { main: { base_url: "http://127.0.0.1:9/v1", model: m, timeout: 10s } } }
+ha: { enabled: true, lease_ttl: 5s }
+defaults:
+  limits: { global_cooldown: 0s, send_spacing: 0s, max_in_flight: 10, per_user: { max: 100, window: 1m }, per_channel: { max: 4, window: 30s } }
+channels: [ { name: alpha }, { name: beta }, { name: gamma } ]
+"#,
+        "ha.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn instance() -> impl Strategy<Value = InstancePlan> {
+    (
+        -400i64..=400,
+        -10_000i64..=10_000,
+        0u64..4_000,
+        prop::collection::vec((0u64..80_000, 300u64..12_000), 0..3),
+        prop::option::of((2_000u64..70_000, prop::option::of(0u64..20_000))),
+        prop::option::weighted(0.3, 5_000u64..80_000),
+    )
+        .prop_map(|(offset, rate, start, parts, crash, stop)| InstancePlan {
+            clock_offset_ms: offset,
+            rate_ppm: rate,
+            start_at: start,
+            partitions: parts.into_iter().map(|(from, len)| (from, from + len)).collect(),
+            crash_at: crash.map(|(at, _)| at),
+            restart_at: crash.and_then(|(at, back)| back.map(|b| at + b)),
+            stop_at: stop,
+        })
+}
+
+fn plan() -> impl Strategy<Value = ClusterPlan> {
+    (
+        prop::collection::vec(instance(), 2..=4),
+        prop::collection::vec((0u64..90_000, 0usize..3), 10..150),
+        0u64..=60,
+        0u64..=3_000,
+        any::<u64>(),
+    )
+        .prop_map(|(instances, mentions, skew, llm, seed)| ClusterPlan {
+            instances,
+            mentions: mentions
+                .into_iter()
+                .enumerate()
+                .map(|(n, (t, c))| (t, CHANNELS[c].to_string(), format!("m{n}")))
+                .collect(),
+            max_delivery_skew_ms: skew,
+            max_llm_latency_ms: llm,
+            duration_ms: 120_000,
+            seed,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn never_two_owners_answering_the_same_event(plan in plan()) {
+        let trace = run(&config(), &plan);
+        let mut by_event: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for p in &trace.published {
+            if let Some(cid) = &p.correlation_id {
+                by_event.entry(cid).or_default().insert(&p.instance);
+            }
+        }
+        for (cid, who) in &by_event {
+            prop_assert!(who.len() == 1, "event {cid} answered by {who:?}\n{:#?}", trace.published);
+        }
+    }
+
+    #[test]
+    fn the_channel_limit_holds_across_takeovers(plan in plan()) {
+        let trace = run(&config(), &plan);
+        // Each instance measures the window on its own clock; clocks differ by at most
+        // the offset gap plus the rate error over the run.
+        let slack = MAX_OFFSET_GAP_MS + 120_000 * 20_000 / 1_000_000;
+        for ch in CHANNELS {
+            let sends: Vec<_> = trace.published.iter().filter(|p| p.channel == ch).collect();
+            let times: Vec<u64> = sends.iter().map(|p| p.at).collect();
+            for (i, &t) in times.iter().enumerate() {
+                let inside = times[..=i].iter().filter(|&&s| s + WINDOW_MS - slack > t).count();
+                prop_assert!(inside <= MAX, "{ch}: {inside} sends in the {} ms before {t}: {sends:#?}\nacquisitions: {:?}", WINDOW_MS - slack, trace.acquisitions);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_calm_cluster_answers_every_mention_once_and_a_crash_is_taken_over() {
+    let plan = ClusterPlan {
+        instances: vec![
+            InstancePlan { crash_at: Some(20_000), ..Default::default() },
+            InstancePlan { clock_offset_ms: 250, rate_ppm: 5_000, start_at: 500, ..Default::default() },
+            InstancePlan { clock_offset_ms: -250, rate_ppm: -5_000, start_at: 1_000, ..Default::default() },
+        ],
+        // One mention per channel every 9 s (under the limit), from 5 s on.
+        mentions: (0..30).map(|n| (5_000 + n * 3_000, CHANNELS[n as usize % 3].to_string(), format!("m{n}"))).collect(),
+        max_delivery_skew_ms: 20,
+        max_llm_latency_ms: 500,
+        duration_ms: 100_000,
+        seed: 7,
+    };
+    let trace = run(&config(), &plan);
+    let answered: BTreeSet<&str> = trace.published.iter().filter_map(|p| p.correlation_id.as_deref()).collect();
+    // Mentions arriving while the crashed instance's leases run out (≤ lease_ttl after
+    // 20 s) go unanswered; every other one is answered, once.
+    let missed: Vec<String> = (0..30)
+        .filter(|n| !answered.contains(format!("m{n}").as_str()))
+        .map(|n| format!("m{n} at {} ms", 5_000 + n * 3_000))
+        .collect();
+    assert!(
+        missed.iter().all(|m| {
+            let at: u64 = m.split(" at ").nth(1).unwrap().trim_end_matches(" ms").parse().unwrap();
+            (20_000..=26_000).contains(&at)
+        }),
+        "missed outside the takeover: {missed:?}"
+    );
+    assert_eq!(trace.published.len(), answered.len(), "no event answered twice");
+    let spread: BTreeSet<&str> = trace.acquisitions.iter().map(|(_, who, _)| who.as_str()).collect();
+    assert!(spread.len() >= 2, "the channels spread over the instances: {:?}", trace.acquisitions);
+    let takeovers = trace.acquisitions.iter().filter(|(t, _, _)| *t > 20_000).count();
+    assert!(takeovers >= 1, "the crashed instance's channels were taken over: {:?}", trace.acquisitions);
+}
