@@ -246,3 +246,17 @@ async fn ha_without_jetstream_exits_with_a_clear_error() {
     let logs = bot.logs();
     assert!(logs.contains("ha: cannot open the lease bucket") && logs.contains("-js"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_whose_keys_outlive_less_than_the_lease_is_refused() {
+    let nats = Nats::start_jetstream();
+    let llm = FakeLlm::start().await;
+    let first = ha_bot(&nats, &llm, &["lounge"], "a", "");
+    drop(first);
+    // Same bucket, longer TTL: its keys would expire while their holder still trusts them.
+    let extra = "ha: { enabled: true, lease_ttl: 10s }\n";
+    let mut bot = Bot::spawn(BIN, &config(&nats.url(), &llm.base_url(), free_port(), &["lounge"], extra), &[], &[]);
+    assert_eq!(bot.wait_exit(Duration::from_secs(15)), Some(1));
+    let logs = bot.logs();
+    assert!(logs.contains("shorter than ha.lease_ttl"), "{logs}");
+}

@@ -100,8 +100,15 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str, max_age: Duration) -
         ..Default::default()
     };
     match js.get_or_create_stream(config).await {
-        Ok(stream) if stream.cached_info().config.max_age != max_age => {
-            tracing::warn!(bucket, max_age = ?stream.cached_info().config.max_age, "the bucket exists with another max_age; using it as it is");
+        // Keys vanishing sooner than holders stop trusting them would allow two owners.
+        Ok(stream) if stream.cached_info().config.max_age < max_age => {
+            let have = stream.cached_info().config.max_age;
+            return Err(err(&format!(
+                "it exists with max_age {have:?}, shorter than ha.lease_ttl {max_age:?}; delete it while no instance runs, or set lease_ttl to at most {have:?}"
+            )));
+        }
+        Ok(stream) if stream.cached_info().config.max_age > max_age => {
+            tracing::warn!(bucket, max_age = ?stream.cached_info().config.max_age, "the bucket exists with a longer max_age than ha.lease_ttl; crash failover takes that long");
         }
         Ok(_) => {}
         Err(e) => return Err(err(&e)),
