@@ -14,10 +14,11 @@ const TTL_S: u64 = 3;
 fn ha_bot(nats: &Nats, llm: &FakeLlm, channels: &[&str], instance: &str, defaults: &str) -> Bot {
     let extra = format!("ha: {{ enabled: true, lease_ttl: {TTL_S}s, instance: {instance} }}\n");
     let mut text = config(&nats.url(), &llm.base_url(), free_port(), channels, &extra);
+    let debug = [("RUST_LOG", "info,chatbot_runtime=debug")];
     if !defaults.is_empty() {
         text = text.replace("defaults:\n  limits: { global_cooldown: 0s, send_spacing: 0s, per_user: { max: 100, window: 1m }, per_channel: { max: 100, window: 1m } }\n", defaults);
     }
-    Bot::start(BIN, &text, &[])
+    Bot::start(BIN, &text, &debug)
 }
 
 /// The `ha` section of a bot's /health.
@@ -123,6 +124,15 @@ async fn three_instances_over_twenty_channels_speak_with_one_voice_through_stops
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let handover = handover.expect("b's channels were taken over");
+    if handover >= Duration::from_secs(1) {
+        for (id, bot) in [("a", &a), ("c", &c)] {
+            let logs = bot.logs();
+            let lines: Vec<&str> =
+                logs.lines().filter(|l| l.contains("lease")).map(|l| &l[..l.len().min(260)]).collect::<Vec<_>>();
+            eprintln!("==== {id}\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+        eprintln!("b channels: {b_channels:?} t0 {:?}", t0);
+    }
     eprintln!("graceful handover of {} channels: {handover:?}", b_channels.len());
     assert!(handover < Duration::from_secs(1), "graceful handover took {handover:?}");
     assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));

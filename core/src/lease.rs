@@ -449,7 +449,11 @@ impl Leases {
             LeaseEvent::Failed { channel } => {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
                 match &mut l.state {
-                    State::Acquiring { .. } => l.state = State::Standby { owner: None, next_try: now.after(retry) },
+                    // Soon again: a lost race or a hiccup (a dead link fails slowly anyway).
+                    State::Acquiring { .. } => {
+                        l.state =
+                            State::Standby { owner: None, next_try: now.after(retry.min(Duration::from_millis(200))) }
+                    }
                     State::Owned { renewing, next_renew, .. } => {
                         *renewing = None;
                         *next_renew = now.after(retry);
@@ -576,9 +580,10 @@ impl Leases {
             for (_, k) in due {
                 let Some(l) = self.leases.get_mut(&k) else { continue };
                 if room == 0 {
-                    // At the cap: look again later (the cap moves as peers come and go).
+                    // At the cap: look again soon (the cap moves as peers come and go;
+                    // only free or unknown channels are due, so this is rare and cheap).
                     if let State::Standby { next_try, .. } = &mut l.state {
-                        *next_try = now.after(retry);
+                        *next_try = now.after(Duration::from_millis(100));
                     }
                     continue;
                 }

@@ -268,6 +268,7 @@ impl Daemon {
                     );
                 }
                 Effect::Lease(op) => {
+                    tracing::debug!(?op, "lease op");
                     if let Some(ha) = &mut self.ha {
                         ha.execute(op);
                     }
@@ -498,10 +499,14 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
             }
             Some(_) = discovery.next() => d.lifecycle(engine.config(), "startup", None).await,
             // ha: a lease operation finished, or the bucket watch saw a change.
-            Some(ev) = lease_rx.recv() => engine.handle(d.clock.now(), Input::Lease(ev)),
+            Some(ev) = lease_rx.recv() => {
+                tracing::debug!(?ev, "lease event");
+                engine.handle(d.clock.now(), Input::Lease(ev));
+            }
             // ha: another instance started, is alive, or left.
             Some(msg) = async { match peers.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => {
                 if let Some(ev) = kryten::peer_event(&msg.subject, &msg.payload) {
+                    tracing::debug!(?ev, "lease event");
                     engine.handle(d.clock.now(), Input::Lease(ev));
                 }
             }
