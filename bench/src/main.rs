@@ -2,7 +2,10 @@
 //! in-process LLM, all on loopback. Every loop is bounded in count and time, and every
 //! process it starts is stopped when it ends.
 //!
-//! Usage: `e2e [BINARY] [RUNS]` (default `target/release/llm-chatbot`, 3 runs). Writes
+//! Usage: `e2e [BINARY] [RUNS] [KRYTEN_LLM]` (default `target/release/llm-chatbot`, 3
+//! runs). With `KRYTEN_LLM` (the `kryten-llm` executable of a virtualenv, see `bench/run`)
+//! the same harness drives the Python incumbent too, through its own config format, in
+//! the same run, and the table has both columns and the ratio. Writes
 //! `bench/results/latest.json` and `bench/results/latest.md`; medians over runs.
 
 use std::collections::HashMap;
@@ -12,8 +15,6 @@ use std::time::{Duration, Instant};
 use chatbot_testkit::{config, free_port, Bot, FakeLlm, Nats};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-const T: Duration = Duration::from_secs(20);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -48,6 +49,94 @@ fn bot_config(nats: &Nats, llm: &FakeLlm, names: &[String]) -> String {
         "per_user: { max: 100, window: 1m }, per_channel: { max: 100, window: 1m }",
         "per_user: { max: 1000000, window: 1m }, per_channel: { max: 1000000, window: 1m }, max_in_flight: 1000",
     )
+}
+
+/// kryten-llm's JSON config for the same job: same NATS, same fake LLM, the same names
+/// counting as a mention, every limit, cooldown, spam rule and send delay out of the way.
+fn kryten_config(nats: &Nats, llm: &FakeLlm, names: &[String], http_port: u16) -> String {
+    json!({
+        "nats": {"servers": [nats.url()]},
+        "channels": names.iter().map(|c| json!({"domain": "cytu.be", "channel": c})).collect::<Vec<_>>(),
+        "personality": {"character_name": "KrytenBot", "name_variations": ["kryten", "krytenbot"]},
+        "llm_providers": {"local": {"name": "local", "type": "openai_compatible", "base_url": llm.base_url(),
+                                    "api_key": "none", "model": "test-model", "max_retries": 0}},
+        "default_provider": "local",
+        "rate_limits": {"global_max_per_minute": 1_000_000, "global_max_per_hour": 1_000_000, "global_cooldown_seconds": 0,
+                        "user_max_per_hour": 1_000_000, "user_cooldown_seconds": 0, "mention_cooldown_seconds": 0},
+        "spam_detection": {"enabled": false},
+        "validation": {"check_repetition": false},
+        "metrics": {"enabled": true, "port": http_port, "host": "127.0.0.1"},
+        "testing": {"log_responses": false},
+        "chat_min_delay": 0,
+        "chat_jitter": 0,
+    })
+    .to_string()
+}
+
+/// A bot under test: this project's binary, or kryten-llm driven through its own config.
+#[derive(Clone)]
+enum Target {
+    Ours(String),
+    Kryten(String),
+}
+
+/// A running bot and what it needs kept alive.
+struct Running {
+    bot: Bot,
+    http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Ours(_) => "llm-chatbot",
+            Target::Kryten(_) => "kryten-llm 0.11.1",
+        }
+    }
+
+    /// Starts the bot for `names` without waiting.
+    fn spawn(&self, nats: &Nats, llm: &FakeLlm, names: &[String]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        match self {
+            Target::Ours(bin) => {
+                let bot = Bot::spawn(bin, &bot_config(nats, llm, names), &[], &[]);
+                let http_port = bot.http_port;
+                Running { bot, http_port, _dir: dir }
+            }
+            Target::Kryten(exe) => {
+                let http_port = free_port();
+                let path = dir.path().join("config.json");
+                std::fs::write(&path, kryten_config(nats, llm, names, http_port)).unwrap();
+                let path = path.to_str().expect("utf-8 temp path").to_owned();
+                let bot = Bot::spawn_command(exe, &["--config", &path, "--log-level", "INFO"], &[]);
+                Running { bot, http_port, _dir: dir }
+            }
+        }
+    }
+
+    /// The log line that says it is subscribed and ready.
+    fn ready_line(&self) -> &'static str {
+        match self {
+            Target::Ours(_) => "ready",
+            Target::Kryten(_) => "LLM service started and ready",
+        }
+    }
+
+    /// The channels it answers in: kryten-llm 0.11.1 sends every reply to its first
+    /// configured channel (`service.py`: `self.config.channels[0]`), so mentions go there.
+    fn answering<'a>(&self, names: &'a [String]) -> &'a [String] {
+        match self {
+            Target::Ours(_) => names,
+            Target::Kryten(_) => &names[..1],
+        }
+    }
+
+    fn start(&self, nats: &Nats, llm: &FakeLlm, names: &[String]) -> Running {
+        let r = self.spawn(nats, llm, names);
+        r.bot.wait_for(self.ready_line(), Duration::from_secs(120));
+        r
+    }
 }
 
 fn chat(channel: &str, user: &str, msg: &str, id: u64) -> Vec<u8> {
@@ -90,36 +179,48 @@ async fn wait_token(seen: &Arc<Mutex<HashMap<String, Instant>>>, token: &str, li
 }
 
 /// Start → "ready" (subscribed) wall time, and SIGTERM → exit when idle.
-async fn start_and_stop(bin: &str, nats: &Nats, llm: &FakeLlm) -> (f64, f64, f64) {
-    let cfg = bot_config(nats, llm, &channels(10));
+async fn start_and_stop(target: &Target, nats: &Nats, llm: &FakeLlm) -> (f64, f64, f64) {
     let t0 = Instant::now();
-    let mut bot = Bot::spawn(bin, &cfg, &[], &[]);
-    bot.wait_for("ready", T);
+    let mut r = target.spawn(nats, llm, &channels(10));
+    r.bot.wait_for(target.ready_line(), Duration::from_secs(120));
     let ready_ms = t0.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss = rss_kib(bot.pid().unwrap()) as f64 / 1024.0;
+    let rss = rss_kib(r.bot.pid().unwrap()) as f64 / 1024.0;
     let t1 = Instant::now();
-    bot.signal("TERM");
-    bot.wait_exit(T);
+    r.bot.signal("TERM");
+    r.bot.wait_exit(Duration::from_secs(60));
     (ready_ms, t1.elapsed().as_secs_f64() * 1000.0, rss)
 }
 
 /// Mention → `say` latency over `n` mentions spread over 10 channels (instant LLM).
-async fn latency(bin: &str, nats: &Nats, llm: &FakeLlm, n: u64) -> Value {
+async fn latency(target: &Target, nats: &Nats, llm: &FakeLlm, n: u64) -> Value {
     let names = channels(10);
-    let bot = Bot::start(bin, &bot_config(nats, llm, &names), &[]);
+    let bot = target.start(nats, llm, &names);
+    let answering = target.answering(&names);
     let client = nats.client().await;
     let seen = collector(&client).await;
     let mut lat = Vec::with_capacity(n as usize);
+    let mut misses = 0;
     for i in 0..n {
-        let ch = &names[(i % 10) as usize];
+        let ch = &answering[(i as usize) % answering.len()];
         let token = format!("tok{i}");
         let body = chat(ch, &format!("user{i}"), &format!("kryten {token}"), i);
         let sent = Instant::now();
         client.publish(format!("kryten.events.cytube.{ch}.chatmsg"), body.into()).await.unwrap();
         client.flush().await.unwrap();
-        if let Some(at) = wait_token(&seen, &token, Duration::from_secs(2)).await {
-            lat.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+        match wait_token(&seen, &token, Duration::from_secs(2)).await {
+            Some(at) => {
+                lat.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                misses = 0;
+            }
+            None => {
+                misses += 1;
+                // Bounded: a bot that stopped answering is not waited for 1,000 times.
+                if misses == 20 {
+                    eprintln!("  {}: 20 mentions in a row unanswered; stopping at {i}", target.name());
+                    break;
+                }
+            }
         }
     }
     drop(bot);
@@ -129,9 +230,9 @@ async fn latency(bin: &str, nats: &Nats, llm: &FakeLlm, n: u64) -> Value {
 
 /// The highest ordinary-chat rate (events/s, over `n_channels`) at which a mention sent
 /// during the flood is still answered within 10 ms.
-async fn ingest(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Value {
+async fn ingest(target: &Target, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Value {
     let names = channels(n_channels);
-    let bot = Bot::start(bin, &bot_config(nats, llm, &names), &[]);
+    let r = target.start(nats, llm, &names);
     let client = nats.client().await;
     let seen = collector(&client).await;
     let subjects: Vec<String> = names.iter().map(|ch| format!("kryten.events.cytube.{ch}.chatmsg")).collect();
@@ -148,10 +249,22 @@ async fn ingest(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
         );
         (c, body.into_bytes())
     };
+    // Warm up: the first mention after start sets up the LLM connection (tens of ms);
+    // sustained ingest is about a bot that has been running.
+    let ch = &target.answering(&names)[0];
+    client
+        .publish(
+            format!("kryten.events.cytube.{ch}.chatmsg"),
+            chat(ch, "warmup", "kryten tokwarmup", 999_999_999).into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let _ = wait_token(&seen, "tokwarmup", Duration::from_secs(2)).await;
     let mut serial = 0u64;
     let mut best = 0u64;
     let mut steps = Vec::new();
-    for rate in [10_000u64, 25_000, 50_000, 100_000, 200_000, 400_000] {
+    for rate in [1_000u64, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000, 400_000] {
         let duration = Duration::from_secs(2);
         let start = Instant::now();
         let mut sent = 0u64;
@@ -169,8 +282,9 @@ async fn ingest(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
             }
             if Instant::now() >= next_mention {
                 mention += 1;
-                let token = format!("r{rate}m{mention}");
-                let ch = &names[(mention as usize) % n_channels];
+                let token = format!("tokr{rate}m{mention}");
+                let answering = target.answering(&names);
+                let ch = &answering[(mention as usize) % answering.len()];
                 let t = Instant::now();
                 client
                     .publish(
@@ -193,7 +307,7 @@ async fn ingest(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
         if worst <= 10.0 && achieved >= rate as f64 * 0.9 {
             best = rate;
         } else {
-            let logs = bot.logs();
+            let logs = r.bot.logs();
             for l in logs.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(5) {
                 eprintln!("  bot: {l}");
             }
@@ -201,16 +315,16 @@ async fn ingest(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    drop(bot);
+    drop(r);
     json!({"channels": n_channels, "max_rate_with_mentions_under_10ms": best, "steps": steps})
 }
 
 /// RSS idle and after every channel's context is full (50 lines each).
-async fn memory(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Value {
+async fn memory(target: &Target, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Value {
     let names = channels(n_channels);
-    let bot = Bot::start(bin, &bot_config(nats, llm, &names), &[]);
+    let r = target.start(nats, llm, &names);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = bot.pid().unwrap();
+    let pid = r.bot.pid().unwrap();
     let idle = rss_kib(pid);
     let client = nats.client().await;
     for line in 0..50u64 {
@@ -228,17 +342,16 @@ async fn memory(bin: &str, nats: &Nats, llm: &FakeLlm, n_channels: usize) -> Val
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let full = rss_kib(pid);
-    drop(bot);
+    drop(r);
     json!({"channels": n_channels, "idle_mib": idle as f64 / 1024.0, "full_context_mib": full as f64 / 1024.0})
 }
 
 /// /health over `conns` keep-alive connections for 2 s.
-async fn health(bin: &str, nats: &Nats, llm: &FakeLlm, conns: usize) -> Value {
+async fn health(target: &Target, nats: &Nats, llm: &FakeLlm, conns: usize) -> Value {
     use http_get_loop::run;
-    let bot = Bot::start(bin, &bot_config(nats, llm, &channels(10)), &[]);
-    let port = bot.http_port;
-    let results = run(port, conns, Duration::from_secs(2)).await;
-    drop(bot);
+    let r = target.start(nats, llm, &channels(10));
+    let results = run(r.http_port, conns, Duration::from_secs(2)).await;
+    drop(r);
     let mut lat: Vec<f64> = results.iter().flatten().copied().collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     json!({"connections": conns, "rps": (lat.len() as f64 / 2.0).round(), "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99)})
@@ -297,96 +410,201 @@ mod http_get_loop {
     }
 }
 
+/// Every measurement for one target; medians over `runs`.
+async fn suite(target: &Target, nats: &Nats, llm: &FakeLlm, runs: usize, memory_sizes: &[usize]) -> Value {
+    let mut ready = Vec::new();
+    let mut stop = Vec::new();
+    let mut rss10 = Vec::new();
+    let mut lat_runs = Vec::new();
+    let mut health1 = Vec::new();
+    let mut health8 = Vec::new();
+    for run in 0..runs {
+        eprintln!("{}: run {}/{runs}", target.name(), run + 1);
+        let (r, s, m) = start_and_stop(target, nats, llm).await;
+        ready.push(r);
+        stop.push(s);
+        rss10.push(m);
+        lat_runs.push(latency(target, nats, llm, 1000).await);
+        health1.push(health(target, nats, llm, 1).await);
+        health8.push(health(target, nats, llm, 8).await);
+    }
+    let med = |runs: &[Value], key: &str| median(runs.iter().filter_map(|v| v[key].as_f64()).collect());
+    let mut memory_rows = Vec::new();
+    for &n in memory_sizes {
+        eprintln!("{}: memory with {n} channels", target.name());
+        memory_rows.push(memory(target, nats, llm, n).await);
+    }
+    let mut ingest_rows = Vec::new();
+    for n in [10, 100] {
+        eprintln!("{}: ingest over {n} channels", target.name());
+        ingest_rows.push(ingest(target, nats, llm, n).await);
+    }
+    json!({
+        "target": target.name(),
+        "runs": runs,
+        "start_to_ready_ms": median(ready),
+        "sigterm_to_exit_idle_ms": median(stop),
+        "rss_idle_10_channels_mib": median(rss10),
+        "mention_to_say": {"p50_ms": med(&lat_runs, "p50_ms"), "p99_ms": med(&lat_runs, "p99_ms"), "max_ms": med(&lat_runs, "max_ms"),
+                           "answered": med(&lat_runs, "answered"), "per_run": lat_runs},
+        "health_one_connection": {"rps": med(&health1, "rps"), "p99_ms": med(&health1, "p99_ms"), "per_run": health1},
+        "health_eight_connections": {"rps": med(&health8, "rps"), "p99_ms": med(&health8, "p99_ms"), "per_run": health8},
+        "memory": memory_rows,
+        "ingest": ingest_rows,
+    })
+}
+
+/// `x` with `unit`, or `–` when not measured.
+fn fmt(x: Option<f64>, digits: usize, unit: &str) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.digits$}{unit}"),
+        _ => "–".into(),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bin = args.get(1).cloned().unwrap_or_else(|| "target/release/llm-chatbot".into());
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(3);
+    let incumbent = args.get(3).cloned();
     assert!(std::path::Path::new(&bin).exists(), "{bin} not found: build it with `cargo build --release`");
     let nats = Nats::start();
     let llm = FakeLlm::start().await;
 
-    let mut ready = Vec::new();
-    let mut stop = Vec::new();
-    let mut rss10 = Vec::new();
-    let mut lat_runs = Vec::new();
-    let mut health_runs = Vec::new();
-    for run in 0..runs {
-        eprintln!("run {}/{runs}", run + 1);
-        let (r, s, m) = start_and_stop(&bin, &nats, &llm).await;
-        ready.push(r);
-        stop.push(s);
-        rss10.push(m);
-        lat_runs.push(latency(&bin, &nats, &llm, 1000).await);
-        health_runs.push(health(&bin, &nats, &llm, 1).await);
-    }
-    let med = |runs: &[Value], key: &str| median(runs.iter().filter_map(|v| v[key].as_f64()).collect());
-    let mut memory_rows = Vec::new();
-    for n in [1, 10, 100, 1000] {
-        eprintln!("memory with {n} channels");
-        memory_rows.push(memory(&bin, &nats, &llm, n).await);
-    }
-    let mut ingest_rows = Vec::new();
-    for n in [10, 100] {
-        eprintln!("ingest over {n} channels");
-        ingest_rows.push(ingest(&bin, &nats, &llm, n).await);
-    }
+    let ours = suite(&Target::Ours(bin.clone()), &nats, &llm, runs, &[1, 10, 100, 1000]).await;
+    let theirs = match &incumbent {
+        Some(exe) => Some(suite(&Target::Kryten(exe.clone()), &nats, &llm, runs, &[1, 10, 100, 1000]).await),
+        None => None,
+    };
     let results = json!({
-        "binary": bin,
-        "runs": runs,
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-        "start_to_ready_ms": median(ready),
-        "sigterm_to_exit_idle_ms": median(stop),
-        "rss_idle_10_channels_mib": median(rss10),
-        "mention_to_say": {"p50_ms": med(&lat_runs, "p50_ms"), "p99_ms": med(&lat_runs, "p99_ms"), "max_ms": med(&lat_runs, "max_ms"), "per_run": lat_runs},
-        "health_one_connection": {"rps": med(&health_runs, "rps"), "p99_ms": med(&health_runs, "p99_ms"), "per_run": health_runs},
-        "memory": memory_rows,
-        "ingest": ingest_rows,
+        "llm-chatbot": ours,
+        "kryten-llm": theirs,
     });
     std::fs::create_dir_all("bench/results").unwrap();
     std::fs::write("bench/results/latest.json", serde_json::to_string_pretty(&results).unwrap()).unwrap();
-    let mut md = String::from("| what | llm-chatbot |\n|---|---|\n");
-    let mut row = |k: &str, v: String| md.push_str(&format!("| {k} | {v} |\n"));
+
+    // One row per figure: ours, theirs, and how many times better ours is.
+    let none = Value::Null;
+    let t = theirs.as_ref().unwrap_or(&none);
+    let mut md = String::from("| what | llm-chatbot | kryten-llm 0.11.1 | ratio |\n|---|---|---|---|\n");
+    let mut row = |what: &str, o: Option<f64>, k: Option<f64>, digits: usize, unit: &str, lower_is_better: bool| {
+        let ratio = match (o, k) {
+            (Some(o), Some(k)) if o > 0.0 && k > 0.0 && o.is_finite() && k.is_finite() => {
+                let r = if lower_is_better { k / o } else { o / k };
+                format!("{r:.1}× {}", if r >= 1.0 { "better" } else { "worse" })
+            }
+            _ => "–".into(),
+        };
+        md.push_str(&format!("| {what} | {} | {} | {ratio} |\n", fmt(o, digits, unit), fmt(k, digits, unit)));
+    };
+    let f = |v: &Value, path: &[&str]| -> Option<f64> {
+        let mut cur = v;
+        for p in path {
+            cur = &cur[*p];
+        }
+        cur.as_f64()
+    };
     row(
         "start → subscribed (10 channels)",
-        format!("{:.1} ms", results["start_to_ready_ms"].as_f64().unwrap_or(f64::NAN)),
+        f(&ours, &["start_to_ready_ms"]),
+        f(t, &["start_to_ready_ms"]),
+        0,
+        " ms",
+        true,
     );
     row(
-        "mention → `say`, instant LLM (1,000 mentions)",
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            results["mention_to_say"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-            results["mention_to_say"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
-        ),
+        "mention → `say`, p50 (1,000 mentions, instant LLM)",
+        f(&ours, &["mention_to_say", "p50_ms"]),
+        f(t, &["mention_to_say", "p50_ms"]),
+        2,
+        " ms",
+        true,
     );
-    for r in &ingest_rows {
-        row(
-            &format!("ordinary chat over {} channels, mentions < 10 ms", r["channels"]),
-            format!("{} events/s", r["max_rate_with_mentions_under_10ms"]),
-        );
+    row(
+        "mention → `say`, p99",
+        f(&ours, &["mention_to_say", "p99_ms"]),
+        f(t, &["mention_to_say", "p99_ms"]),
+        2,
+        " ms",
+        true,
+    );
+    row(
+        "mention → `say`, max",
+        f(&ours, &["mention_to_say", "max_ms"]),
+        f(t, &["mention_to_say", "max_ms"]),
+        1,
+        " ms",
+        true,
+    );
+    row(
+        "mentions answered (of 1,000)",
+        f(&ours, &["mention_to_say", "answered"]),
+        f(t, &["mention_to_say", "answered"]),
+        0,
+        "",
+        false,
+    );
+    for i in 0..2 {
+        let label = format!("ordinary chat over {} channels with mentions < 10 ms", [10, 100][i]);
+        let get = |v: &Value| v["ingest"][i]["max_rate_with_mentions_under_10ms"].as_f64();
+        row(&label, get(&ours), get(t), 0, " ev/s", false);
     }
-    for r in &memory_rows {
+    for (i, n) in [1, 10, 100, 1000].iter().enumerate() {
+        let get = |v: &Value, k: &str| v["memory"][i][k].as_f64();
+        row(&format!("RSS, {n} channel(s) idle"), get(&ours, "idle_mib"), get(t, "idle_mib"), 1, " MiB", true);
         row(
-            &format!("RSS, {} channels idle / full context", r["channels"]),
-            format!(
-                "{:.1} / {:.1} MiB",
-                r["idle_mib"].as_f64().unwrap_or(0.0),
-                r["full_context_mib"].as_f64().unwrap_or(0.0)
-            ),
+            &format!("RSS, {n} channel(s), 50 lines each"),
+            get(&ours, "full_context_mib"),
+            get(t, "full_context_mib"),
+            1,
+            " MiB",
+            true,
         );
     }
     row(
-        "/health, one keep-alive connection",
-        format!(
-            "{} rps, p99 {:.3} ms",
-            results["health_one_connection"]["rps"],
-            results["health_one_connection"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
-        ),
+        "/health, 1 keep-alive connection",
+        f(&ours, &["health_one_connection", "rps"]),
+        f(t, &["health_one_connection", "rps"]),
+        0,
+        " rps",
+        false,
+    );
+    row(
+        "/health p99, 1 connection",
+        f(&ours, &["health_one_connection", "p99_ms"]),
+        f(t, &["health_one_connection", "p99_ms"]),
+        3,
+        " ms",
+        true,
+    );
+    row(
+        "/health, 8 connections",
+        f(&ours, &["health_eight_connections", "rps"]),
+        f(t, &["health_eight_connections", "rps"]),
+        0,
+        " rps",
+        false,
+    );
+    row(
+        "/health p99, 8 connections",
+        f(&ours, &["health_eight_connections", "p99_ms"]),
+        f(t, &["health_eight_connections", "p99_ms"]),
+        3,
+        " ms",
+        true,
     );
     row(
         "SIGTERM → exit when idle",
-        format!("{:.1} ms", results["sigterm_to_exit_idle_ms"].as_f64().unwrap_or(f64::NAN)),
+        f(&ours, &["sigterm_to_exit_idle_ms"]),
+        f(t, &["sigterm_to_exit_idle_ms"]),
+        1,
+        " ms",
+        true,
     );
+    md.push_str("| PMs answered by PM | yes | no (kryten-llm 0.11.1 does not handle PMs) | |\n");
+    md.push_str("| several instances (leases, failover) | yes (`ha:`) | no | |\n");
     std::fs::write("bench/results/latest.md", &md).unwrap();
     println!("{md}");
 }

@@ -131,7 +131,8 @@ pub struct FakeLlm {
 }
 
 impl FakeLlm {
-    /// Starts on a free port; unscripted requests answer "echo: <last user message>".
+    /// Starts on a free port; unscripted requests answer "echo: <last user message>", or
+    /// "sure thing, here you go tokN" when the prompt carries a benchmark token `tokN`.
     pub async fn start() -> FakeLlm {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -189,8 +190,18 @@ async fn handle(
         body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
     requests.lock().unwrap().push((body, auth));
     // The engine marks the line being answered: `[note] user: text`; echo the line.
+    // Benchmarks mark lines with a token (`tok…`) and look for it in the reply: answer
+    // with the token whatever the prompt's shape (other bots template the line).
+    let token = last
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .rfind(|w| w.len() > 3 && w.starts_with("tok"))
+        .map(str::to_owned);
     let last = last.split_once("] ").map_or(last.as_str(), |(_, line)| line).to_owned();
-    let behavior = script.lock().unwrap().pop_front().unwrap_or(Behavior::Reply(format!("echo: {last}")));
+    let default = match token {
+        Some(t) => format!("sure thing, here you go {t}"),
+        None => format!("echo: {last}"),
+    };
+    let behavior = script.lock().unwrap().pop_front().unwrap_or(Behavior::Reply(default));
     let (status, text, retry_after) = match behavior {
         Behavior::Reply(t) => (200, completion(&t), None),
         Behavior::Slow(d, t) => {
@@ -203,6 +214,8 @@ async fn handle(
     };
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    // As OpenAI sends it (aiohttp-based clients refuse JSON without it).
+    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     if let Some(s) = retry_after {
         resp.headers_mut().insert("retry-after", s.to_string().parse().unwrap());
     }
