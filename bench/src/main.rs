@@ -499,110 +499,45 @@ async fn main() {
         };
         md.push_str(&format!("| {what} | {} | {} | {ratio} |\n", fmt(o, digits, unit), fmt(k, digits, unit)));
     };
-    let f = |v: &Value, path: &[&str]| -> Option<f64> {
+    // A figure's place in the results: keys, and indexes into arrays.
+    let f = |v: &Value, path: &[String]| -> Option<f64> {
         let mut cur = v;
         for p in path {
-            cur = &cur[*p];
+            cur = match p.parse::<usize>() {
+                Ok(i) => &cur[i],
+                Err(_) => &cur[p.as_str()],
+            };
         }
         cur.as_f64()
     };
-    row(
-        "start → subscribed (10 channels)",
-        f(&ours, &["start_to_ready_ms"]),
-        f(t, &["start_to_ready_ms"]),
-        0,
-        " ms",
-        true,
-    );
-    row(
-        "mention → `say`, p50 (1,000 mentions, instant LLM)",
-        f(&ours, &["mention_to_say", "p50_ms"]),
-        f(t, &["mention_to_say", "p50_ms"]),
-        2,
-        " ms",
-        true,
-    );
-    row(
-        "mention → `say`, p99",
-        f(&ours, &["mention_to_say", "p99_ms"]),
-        f(t, &["mention_to_say", "p99_ms"]),
-        2,
-        " ms",
-        true,
-    );
-    row(
-        "mention → `say`, max",
-        f(&ours, &["mention_to_say", "max_ms"]),
-        f(t, &["mention_to_say", "max_ms"]),
-        1,
-        " ms",
-        true,
-    );
-    row(
-        "mentions answered (of 1,000)",
-        f(&ours, &["mention_to_say", "answered"]),
-        f(t, &["mention_to_say", "answered"]),
-        0,
-        "",
-        false,
-    );
-    for i in 0..2 {
-        let label = format!("ordinary chat over {} channels with mentions < 10 ms", [10, 100][i]);
-        let get = |v: &Value| v["ingest"][i]["max_rate_with_mentions_under_10ms"].as_f64();
-        row(&label, get(&ours), get(t), 0, " ev/s", false);
+    let path = |p: &str| -> Vec<String> { p.split('/').map(str::to_owned).collect() };
+    // (label, path, digits, unit, lower is better), in table order.
+    let mut figures: Vec<(String, Vec<String>, usize, &str, bool)> = vec![
+        ("start → subscribed (10 channels)".into(), path("start_to_ready_ms"), 0, " ms", true),
+        ("mention → `say`, p50 (1,000 mentions, instant LLM)".into(), path("mention_to_say/p50_ms"), 2, " ms", true),
+        ("mention → `say`, p99".into(), path("mention_to_say/p99_ms"), 2, " ms", true),
+        ("mention → `say`, max".into(), path("mention_to_say/max_ms"), 1, " ms", true),
+        ("mentions answered (of 1,000)".into(), path("mention_to_say/answered"), 0, "", false),
+    ];
+    for (i, n) in [10, 100].iter().enumerate() {
+        let label = format!("ordinary chat over {n} channels with mentions < 10 ms");
+        figures.push((label, path(&format!("ingest/{i}/max_rate_with_mentions_under_10ms")), 0, " ev/s", false));
     }
     for (i, n) in [1, 10, 100, 1000].iter().enumerate() {
-        let get = |v: &Value, k: &str| v["memory"][i][k].as_f64();
-        row(&format!("RSS, {n} channel(s) idle"), get(&ours, "idle_mib"), get(t, "idle_mib"), 1, " MiB", true);
-        row(
-            &format!("RSS, {n} channel(s), 50 lines each"),
-            get(&ours, "full_context_mib"),
-            get(t, "full_context_mib"),
-            1,
-            " MiB",
-            true,
-        );
+        figures.push((format!("RSS, {n} channel(s) idle"), path(&format!("memory/{i}/idle_mib")), 1, " MiB", true));
+        let label = format!("RSS, {n} channel(s), 50 lines each");
+        figures.push((label, path(&format!("memory/{i}/full_context_mib")), 1, " MiB", true));
     }
-    row(
-        "/health, 1 keep-alive connection",
-        f(&ours, &["health_one_connection", "rps"]),
-        f(t, &["health_one_connection", "rps"]),
-        0,
-        " rps",
-        false,
-    );
-    row(
-        "/health p99, 1 connection",
-        f(&ours, &["health_one_connection", "p99_ms"]),
-        f(t, &["health_one_connection", "p99_ms"]),
-        3,
-        " ms",
-        true,
-    );
-    row(
-        "/health, 8 connections",
-        f(&ours, &["health_eight_connections", "rps"]),
-        f(t, &["health_eight_connections", "rps"]),
-        0,
-        " rps",
-        false,
-    );
-    row(
-        "/health p99, 8 connections",
-        f(&ours, &["health_eight_connections", "p99_ms"]),
-        f(t, &["health_eight_connections", "p99_ms"]),
-        3,
-        " ms",
-        true,
-    );
-    row(
-        "SIGTERM → exit when idle",
-        f(&ours, &["sigterm_to_exit_idle_ms"]),
-        f(t, &["sigterm_to_exit_idle_ms"]),
-        1,
-        " ms",
-        true,
-    );
+    for (key, conns) in
+        [("health_one_connection", "1 keep-alive connection"), ("health_eight_connections", "8 connections")]
+    {
+        figures.push((format!("/health, {conns}"), path(&format!("{key}/rps")), 0, " rps", false));
+        figures.push((format!("/health p99, {conns}"), path(&format!("{key}/p99_ms")), 3, " ms", true));
+    }
+    figures.push(("SIGTERM → exit when idle".into(), path("sigterm_to_exit_idle_ms"), 1, " ms", true));
+    for (what, p, digits, unit, lower) in &figures {
+        row(what, f(&ours, p), f(t, p), *digits, unit, *lower);
+    }
     md.push_str("| PMs answered by PM | yes | no (kryten-llm 0.11.1 does not handle PMs) | |\n");
     md.push_str("| several instances (leases, failover) | yes (`ha:`) | no | |\n");
     std::fs::write("bench/results/latest.md", &md).unwrap();
