@@ -281,6 +281,8 @@ async fn ingest(target: &Target, nats: &Nats, llm: &FakeLlm, n_channels: usize) 
                 sent += 1;
             }
             if Instant::now() >= next_mention {
+                // A new asker each time: one user mentioning the bot again and again
+                // is what the loop guard is for.
                 mention += 1;
                 let token = format!("tokr{rate}m{mention}");
                 let answering = target.answering(&names);
@@ -289,7 +291,8 @@ async fn ingest(target: &Target, nats: &Nats, llm: &FakeLlm, n_channels: usize) 
                 client
                     .publish(
                         format!("kryten.events.cytube.{ch}.chatmsg"),
-                        chat(ch, &format!("asker{mention}"), &format!("kryten {token}"), rate * 1_000 + mention).into(),
+                        chat(ch, &format!("asker{rate}x{mention}"), &format!("kryten {token}"), rate * 1_000 + mention)
+                            .into(),
                     )
                     .await
                     .unwrap();
