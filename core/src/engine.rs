@@ -246,11 +246,6 @@ impl Engine {
         self.ha.as_ref().and_then(|h| h.owner(channel))
     }
 
-    /// Whether this instance may speak for `channel` now (always true without `ha`).
-    pub fn owns(&self, channel: &str) -> bool {
-        self.ha.as_ref().is_none_or(|h| h.owns(channel, self.now))
-    }
-
     /// Lease upkeep: apply expiries, emit due operations, re-arm the lease timer.
     fn lease_tick(&mut self) {
         let Some(ha) = &mut self.ha else { return };

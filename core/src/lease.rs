@@ -114,6 +114,18 @@ pub enum LeaseOp {
     },
 }
 
+impl LeaseOp {
+    /// The channel it is about.
+    pub fn channel(&self) -> &str {
+        match self {
+            LeaseOp::Acquire { channel }
+            | LeaseOp::Renew { channel, .. }
+            | LeaseOp::Save { channel, .. }
+            | LeaseOp::Release { channel, .. } => channel,
+        }
+    }
+}
+
 /// The rate-limit state a new owner starts from: recent send times and cooldown marks,
 /// in epoch milliseconds of the writer's clock. Replies still being generated count as
 /// sent (at `at`, unless the new owner saw them echoed), so a takeover can only
@@ -280,11 +292,6 @@ impl Leases {
             stats: LeaseStats::default(),
             shutting_down: false,
         }
-    }
-
-    /// This instance's id.
-    pub fn me(&self) -> &str {
-        &self.me
     }
 
     fn renew_every(&self) -> Duration {

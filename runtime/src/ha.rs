@@ -138,13 +138,7 @@ impl Ha {
 
     /// Queues `op` on its channel's worker.
     pub fn execute(&mut self, op: LeaseOp) {
-        let channel = match &op {
-            LeaseOp::Acquire { channel }
-            | LeaseOp::Renew { channel, .. }
-            | LeaseOp::Save { channel, .. }
-            | LeaseOp::Release { channel, .. } => channel.to_lowercase(),
-        };
-        let tx = self.workers.entry(channel).or_insert_with(|| {
+        let tx = self.workers.entry(op.channel().to_lowercase()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let w = Worker {
                 leases: self.leases.clone(),
@@ -210,12 +204,7 @@ struct Worker {
 impl Worker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<LeaseOp>) {
         while let Some(op) = rx.recv().await {
-            let channel = match &op {
-                LeaseOp::Acquire { channel }
-                | LeaseOp::Renew { channel, .. }
-                | LeaseOp::Save { channel, .. }
-                | LeaseOp::Release { channel, .. } => channel.clone(),
-            };
+            let channel = op.channel().to_owned();
             let answer = match tokio::time::timeout(self.timeout, self.perform(op)).await {
                 Ok(answer) => answer,
                 Err(_) => Some(LeaseEvent::Failed { channel: channel.clone() }),

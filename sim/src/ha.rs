@@ -479,12 +479,7 @@ impl<'a> World<'a> {
 
 /// The `Failed` answer to an operation (none for `Save`, which has no answer).
 fn op_failed(op: &LeaseOp) -> Option<LeaseEvent> {
-    match op {
-        LeaseOp::Save { .. } => None,
-        LeaseOp::Acquire { channel } | LeaseOp::Renew { channel, .. } | LeaseOp::Release { channel, .. } => {
-            Some(LeaseEvent::Failed { channel: channel.clone() })
-        }
-    }
+    (!matches!(op, LeaseOp::Save { .. })).then(|| LeaseEvent::Failed { channel: op.channel().to_owned() })
 }
 
 fn failed(ev: LeaseEvent) -> LeaseEvent {
