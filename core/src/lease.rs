@@ -618,9 +618,6 @@ impl Leases {
                     if l.dirty {
                         at(l.last_save.map_or(now, |t| t.after(Duration::from_secs(1))));
                     }
-                    if self.shutting_down {
-                        at(now.after(Duration::from_millis(50)));
-                    }
                 }
                 _ => {}
             }
