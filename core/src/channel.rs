@@ -12,7 +12,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,13 +190,17 @@ fn doubling(base: Duration, n: u32, max: Duration) -> Duration {
 }
 
 /// Recently seen event keys, bounded.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Seen {
     order: VecDeque<u64>,
-    set: HashSet<u64>,
+    set: HashSet<u64, Scramble>,
 }
 
 impl Seen {
+    fn new(secret: u64) -> Seen {
+        Seen { order: VecDeque::new(), set: HashSet::with_hasher(Scramble(secret)) }
+    }
+
     /// Records `key`; false when it was already there.
     fn insert(&mut self, key: u64) -> bool {
         if !self.set.insert(key) {
@@ -210,6 +214,44 @@ impl Seen {
         }
         true
     }
+}
+
+/// Hashes for a set of keys that are hashes already: instead of hashing them again, each
+/// is mixed with a secret. Anyone can compute a chat line's key, so without the secret,
+/// crafted lines could all be made to land in one bucket.
+#[derive(Debug, Clone, Copy)]
+struct Scramble(u64);
+
+impl BuildHasher for Scramble {
+    type Hasher = Scrambler;
+    fn build_hasher(&self) -> Scrambler {
+        Scrambler(self.0)
+    }
+}
+
+struct Scrambler(u64);
+
+impl Hasher for Scrambler {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).rotate_left(8);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn finish(&self) -> u64 {
+        fmix64(self.0)
+    }
+}
+
+/// MurmurHash3's 64-bit finaliser: a bijection that spreads every input bit.
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 fn key_of(parts: impl Hash) -> u64 {
@@ -275,6 +317,7 @@ impl Channel {
         timers: &mut Timers,
     ) -> Channel {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ key_of(cfg.name.to_ascii_lowercase()));
+        let seen = Seen::new(fmix64(seed ^ key_of(("seen", cfg.name.to_ascii_lowercase()))));
         let ch = Channel {
             slot,
             matcher: compiled.0,
@@ -295,7 +338,7 @@ impl Channel {
             last_send: None,
             recent: Recent::default(),
             new_lines: 0,
-            seen: Seen::default(),
+            seen,
             fallback_next: 0,
             spend: Ledger::default(),
             global_budget: GlobalBudget::default(),
@@ -493,9 +536,7 @@ impl Channel {
             }
             return self.ignore(env, cid, Some(&msg.user), None, Reason::Backlog);
         }
-        self.context.push(Self::line(at, &msg, false));
         self.new_lines = self.new_lines.saturating_add(1);
-
         let t = &self.cfg.triggers;
         let mut candidates: Vec<(Trigger, f64, Duration)> = Vec::new();
         if t.mention.enabled && self.matcher.is_mention(&msg.text) {
@@ -507,6 +548,13 @@ impl Channel {
                 candidates.push((Trigger::Keyword(k), kw.probability, kw.cooldown));
             }
         }
+        if candidates.is_empty() {
+            // Most lines: remembered, nothing to answer, so the text moves (no copy).
+            let user = Arc::from(msg.user.as_str());
+            self.context.push(ChatLine { at, user, text: msg.text, own: false, action: msg.action });
+            return;
+        }
+        self.context.push(Self::line(at, &msg, false));
         // The first trigger that fires wins; a channel-wide limit silences them all.
         for (trigger, probability, cooldown) in candidates {
             let ask = Ask {

@@ -10,6 +10,9 @@
 
 use std::borrow::Cow;
 
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -159,17 +162,51 @@ pub fn split_subject(subject: &str) -> Option<(&str, &str)> {
 /// Parses one envelope. `subject` (when the body came from NATS) supplies the channel if
 /// the envelope lacks one.
 pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
+    // Fast path: Kryten writes `event_name` before `payload`, so a chat line or PM is read
+    // in one pass. Anything it does not take (a payload of the wrong shape, an odd key,
+    // invalid UTF-8) goes through the general path below, which decides the outcome.
+    if let Some(raw) = std::str::from_utf8(body).ok().and_then(|text| serde_json::from_str::<OnePass>(text).ok()) {
+        return build(raw, subject);
+    }
+    parse_general(body, subject)
+}
+
+/// Reads the envelope with the payload kept raw, then the payload by event name.
+fn parse_general(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
     let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotAnEnvelope(e.to_string()))?;
+    let read = OnePass {
+        name: raw.event_name,
+        payload: raw.payload.map_or(Payload::Missing, Payload::Raw),
+        channel: raw.channel,
+        timestamp: raw.timestamp,
+        correlation_id: raw.correlation_id,
+    };
+    build(read, subject)
+}
+
+fn build(raw: OnePass<'_>, subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
     let channel = match raw.channel.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
         Some(c) => c.to_owned(),
         None => subject.and_then(split_subject).map(|(c, _)| c.to_owned()).ok_or(EnvelopeError::NoChannel)?,
     };
-    let payload = raw.payload.map(RawValue::get).unwrap_or("null");
-    let name = raw.event_name.as_ref();
-    let event = if name.eq_ignore_ascii_case("chatMsg") {
-        message(payload).map(|(m, _)| Event::Chat(m))
-    } else if name.eq_ignore_ascii_case("pm") {
-        message(payload).map(|(message, to)| Event::Pm { message, to: to.unwrap_or_default() })
+    let name = raw.name.as_ref();
+    let event = match raw.payload {
+        Payload::Message(m) => Some(message_event(name, message_of(m))),
+        Payload::Raw(p) => event_of(name, p.get()),
+        Payload::Missing => event_of(name, "null"),
+    };
+    Ok(Envelope {
+        channel,
+        correlation_id: raw.correlation_id.map(Cow::into_owned),
+        timestamp: raw.timestamp.as_deref().and_then(Millis::parse_rfc3339),
+        event: event.unwrap_or_else(|| Event::Malformed { event_name: name.to_owned() }),
+    })
+}
+
+/// The event named `name` with this raw payload; `None` when the payload has the wrong shape.
+fn event_of(name: &str, payload: &str) -> Option<Event> {
+    if is_message_event(name) {
+        message(payload).map(|m| message_event(name, m))
     } else if name.eq_ignore_ascii_case("changeMedia") {
         serde_json::from_str::<RawMedia>(payload).ok().map(|m| Event::MediaChange {
             id: m.id.unwrap_or_default().into_owned(),
@@ -186,20 +223,123 @@ pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeErr
             .map(|us| Event::UserList(us.into_iter().map(|u| u.name.into_owned()).collect()))
     } else {
         Some(Event::Other { event_name: name.to_owned() })
-    };
-    Ok(Envelope {
-        channel,
-        correlation_id: raw.correlation_id.map(Cow::into_owned),
-        timestamp: raw.timestamp.as_deref().and_then(Millis::parse_rfc3339),
-        event: event.unwrap_or_else(|| Event::Malformed { event_name: name.to_owned() }),
-    })
+    }
+}
+
+/// A chat line (`chatMsg`) or PM (`pm`, with its recipient).
+fn message_event(name: &str, (message, to): (Message, Option<String>)) -> Event {
+    if name.eq_ignore_ascii_case("pm") {
+        Event::Pm { message, to: to.unwrap_or_default() }
+    } else {
+        Event::Chat(message)
+    }
+}
+
+/// An envelope's fields as read, before they become an [`Envelope`].
+struct OnePass<'a> {
+    name: Cow<'a, str>,
+    payload: Payload<'a>,
+    channel: Option<Cow<'a, str>>,
+    timestamp: Option<Cow<'a, str>>,
+    correlation_id: Option<Cow<'a, str>>,
+}
+
+/// A payload as read: kept raw (to be parsed once the event name is known), or already
+/// read as a chat line/PM because the name came first.
+enum Payload<'a> {
+    Missing,
+    Raw(&'a RawValue),
+    Message(RawMessage<'a>),
+}
+
+fn is_message_event(name: &str) -> bool {
+    name.eq_ignore_ascii_case("chatMsg") || name.eq_ignore_ascii_case("pm")
+}
+
+/// A string that borrows from the body when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for OnePass<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnePass<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event envelope")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, key: &'static str) -> Result<(), E> {
+                    match slot.replace(value) {
+                        None => Ok(()),
+                        Some(_) => Err(E::duplicate_field(key)),
+                    }
+                }
+                let mut name: Option<Cow<'de, str>> = None;
+                let mut payload = None;
+                let (mut channel, mut timestamp, mut correlation_id) = (None, None, None);
+                // A key with escapes is not borrowed: an error here sends the body to
+                // the general path.
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "event_name" => once(&mut name, map.next_value::<Text>()?.0, "event_name")?,
+                        "payload" => {
+                            let value = if name.as_deref().is_some_and(is_message_event) {
+                                Payload::Message(map.next_value()?)
+                            } else {
+                                map.next_value::<Option<&RawValue>>()?.map_or(Payload::Missing, Payload::Raw)
+                            };
+                            once(&mut payload, value, "payload")?;
+                        }
+                        "channel" => once(&mut channel, map.next_value::<Option<Text>>()?, "channel")?,
+                        "timestamp" => once(&mut timestamp, map.next_value::<Option<Text>>()?, "timestamp")?,
+                        "correlation_id" => {
+                            once(&mut correlation_id, map.next_value::<Option<Text>>()?, "correlation_id")?
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(OnePass {
+                    name: name.ok_or_else(|| de::Error::missing_field("event_name"))?,
+                    payload: payload.unwrap_or(Payload::Missing),
+                    channel: channel.flatten().map(|t| t.0),
+                    timestamp: timestamp.flatten().map(|t| t.0),
+                    correlation_id: correlation_id.flatten().map(|t| t.0),
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn message(payload: &str) -> Option<(Message, Option<String>)> {
-    let m: RawMessage = serde_json::from_str(payload).ok()?;
+    serde_json::from_str(payload).ok().map(message_of)
+}
+
+fn message_of(m: RawMessage<'_>) -> (Message, Option<String>) {
     let meta = m.meta.unwrap_or_default();
     let time = m.time.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Millis(t as u64));
-    Some((
+    (
         Message {
             user: m.username.into_owned(),
             text: html::to_plain_text(&m.msg).into_owned(),
@@ -208,7 +348,7 @@ fn message(payload: &str) -> Option<(Message, Option<String>)> {
             action: meta.add_class.as_deref() == Some("action"),
         },
         m.to.map(Cow::into_owned),
-    ))
+    )
 }
 
 impl Event {
@@ -305,6 +445,127 @@ mod tests {
         );
         let body = br#"{"event_name":"userlist","channel":"c","payload":[{"name":"a","rank":1},{"name":"b"}]}"#;
         assert_eq!(parse(body, None).unwrap().event, Event::UserList(vec!["a".into(), "b".into()]));
+    }
+
+    mod one_pass {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn string() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("alice".to_owned()),
+                Just("hi KrytenBot &lt;3 <em>yo</em>".to_owned()),
+                Just("tab\\tquote\\\"".to_owned()),
+                Just("\\u00e9t\\u00e9 \\ud83d\\ude00".to_owned()),
+                "[a-z ]{0,8}",
+            ]
+            .prop_map(|s| format!("\"{s}\""))
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                string(),
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("-1".to_owned()),
+                Just("1768473000123".to_owned()),
+                Just("2.5e3".to_owned()),
+            ];
+            leaf.prop_recursive(2, 8, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+                    prop::collection::vec((field_name(), inner), 0..4).prop_map(|v| {
+                        format!("{{{}}}", v.iter().map(|(k, x)| format!("\"{k}\":{x}")).collect::<Vec<_>>().join(","))
+                    }),
+                ]
+            })
+        }
+
+        fn field_name() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "username",
+                "msg",
+                "meta",
+                "time",
+                "to",
+                "shadow",
+                "addClass",
+                "id",
+                "title",
+                "currentTime",
+                "name",
+            ])
+        }
+
+        /// A chat/PM payload, well or badly shaped.
+        fn message_payload() -> impl Strategy<Value = String> {
+            (
+                prop::option::of(string()),
+                prop::option::of(string()),
+                prop::option::of(prop_oneof![Just("{}"), Just(r#"{"shadow":true,"addClass":"action"}"#), Just("3")]),
+                prop::option::of(prop_oneof![Just("1768473000123"), Just("-5"), Just("\"x\"")]),
+                prop::option::of(string()),
+            )
+                .prop_map(|(u, m, meta, time, to)| {
+                    let named = [("username", u), ("msg", m), ("meta", meta.map(str::to_owned))];
+                    let more = [("time", time.map(str::to_owned)), ("to", to)];
+                    let fields: Vec<String> =
+                        named.into_iter().chain(more).filter_map(|(k, v)| v.map(|v| format!("\"{k}\":{v}"))).collect();
+                    format!("{{{}}}", fields.join(","))
+                })
+        }
+
+        /// Envelope-like bodies: any key order, duplicate and escaped keys, values of
+        /// every type, and Kryten's own shape.
+        fn body() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                4 => prop::sample::select(vec!["chatMsg", "CHATMSG", "pm", "changeMedia", "addUser", "usercount"])
+                    .prop_map(|n| format!("\"{n}\"")),
+                1 => value(),
+            ];
+            let key = prop::sample::select(vec![
+                "event_name",
+                "payload",
+                "channel",
+                "timestamp",
+                "correlation_id",
+                "domain",
+                "event\\u005fname",
+            ]);
+            let any_name = name.clone();
+            let entry = key.prop_flat_map(move |k| {
+                let likely = match k {
+                    "payload" => message_payload().boxed(),
+                    "domain" => value().boxed(),
+                    k if k.starts_with("event") => any_name.clone().boxed(),
+                    _ => string().boxed(),
+                };
+                (Just(k), prop_oneof![4 => likely, 1 => value()])
+            });
+            prop_oneof![
+                (name.clone(), message_payload(), prop::option::of(string())).prop_map(|(n, p, c)| {
+                    let channel = c.map(|c| format!(",\"channel\":{c}")).unwrap_or_default();
+                    format!(
+                        r#"{{"event_name":{n},"payload":{p}{channel},"timestamp":"2026-01-15T10:30:00.1+00:00","correlation_id":"c1"}}"#
+                    )
+                }),
+                prop::collection::vec(entry, 0..8).prop_map(|entries| {
+                    let fields: Vec<String> = entries.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        }
+
+        proptest! {
+            /// The one-pass reading is only a shortcut: whatever it accepts reads exactly
+            /// as the general path reads it, errors included.
+            #[test]
+            fn one_pass_reads_every_body_as_the_general_path_does(body in body()) {
+                for subject in [None, Some("kryten.events.cytube.lounge.chatmsg")] {
+                    prop_assert_eq!(parse(body.as_bytes(), subject), parse_general(body.as_bytes(), subject), "{}", body);
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,11 +10,42 @@ use std::borrow::Cow;
 
 /// Plain text of a CyTube `msg`. Borrows when there is nothing to decode (the common case).
 pub fn to_plain_text(msg: &str) -> Cow<'_, str> {
-    if !msg.contains(['<', '&']) {
+    let (tags, entities) = msg.bytes().fold((false, false), |(t, e), b| (t || b == b'<', e || b == b'&'));
+    if !tags && !entities {
         return Cow::Borrowed(msg);
     }
-    let stripped = strip_tags(msg);
-    Cow::Owned(html_escape::decode_html_entities(&stripped).into_owned())
+    let stripped = if tags { Cow::Owned(strip_tags(msg)) } else { Cow::Borrowed(msg) };
+    Cow::Owned(decode_entities(&stripped))
+}
+
+/// The entities CyTube's own escaping writes, decoded by hand; any other entity sends the
+/// text to `html-escape`, which knows them all.
+fn decode_entities(text: &str) -> String {
+    const COMMON: [(&str, char); 8] = [
+        ("&lt;", '<'),
+        ("&gt;", '>'),
+        ("&amp;", '&'),
+        ("&quot;", '"'),
+        ("&#39;", '\''),
+        ("&#x27;", '\''),
+        ("&#40;", '('),
+        ("&#41;", ')'),
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match COMMON.iter().find(|(entity, _)| rest.starts_with(entity)) {
+            Some((entity, c)) => {
+                out.push(*c);
+                rest = &rest[entity.len()..];
+            }
+            None => return html_escape::decode_html_entities(text).into_owned(),
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Removes tags, keeping their text, and hides spoilers. Unbalanced `<` (not a tag) is
@@ -83,6 +114,21 @@ mod tests {
     fn spoiler_contents_are_hidden() {
         assert_eq!(to_plain_text("the end: <span class=\"spoiler\">he dies</span>!"), "the end: [spoiler]!");
         assert_eq!(to_plain_text("<span class=\"spoiler\">a <span>b</span> c</span> d"), "[spoiler] d");
+    }
+
+    proptest::proptest! {
+        /// The hand-decoded entities read exactly as `html-escape` reads them, whatever
+        /// surrounds them (other entities, bare ampersands, half entities).
+        #[test]
+        fn common_entities_decode_as_html_escape_does(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "&lt;", "&gt;", "&amp;", "&quot;", "&#39;", "&#x27;", "&#40;", "&#41;", "&", "&l", "&lt", "&amp",
+                "&nbsp;", "&eacute;", "&#233;", "&#xe9;", "&#0;", "&#;", "&LT;", "&ltx", ";", "a", " b ", "é",
+            ]), 0..12)
+        ) {
+            let text = parts.concat();
+            proptest::prop_assert_eq!(super::decode_entities(&text), html_escape::decode_html_entities(&text).into_owned());
+        }
     }
 
     #[test]

@@ -38,12 +38,13 @@ impl Millis {
     /// would be pulled in for this alone.
     pub fn parse_rfc3339(s: &str) -> Option<Millis> {
         let b = s.trim().as_bytes();
+        // Fixed-width decimal field; every byte must be a digit (no sign, no space).
         let num = |r: std::ops::Range<usize>| -> Option<i64> {
             let part = b.get(r)?;
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            if part.is_empty() {
                 return None;
             }
-            std::str::from_utf8(part).ok()?.parse().ok()
+            part.iter().try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
         };
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
