@@ -10,14 +10,13 @@
 
 use std::borrow::Cow;
 
-use std::fmt;
-
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::html;
 use crate::time::Millis;
+
+mod scan;
 
 /// A parsed envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,19 +161,20 @@ pub fn split_subject(subject: &str) -> Option<(&str, &str)> {
 /// Parses one envelope. `subject` (when the body came from NATS) supplies the channel if
 /// the envelope lacks one.
 pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
-    // Fast path: Kryten writes `event_name` before `payload`, so a chat line or PM is read
-    // in one pass. Anything it does not take (a payload of the wrong shape, an odd key,
-    // invalid UTF-8) goes through the general path below, which decides the outcome.
-    if let Some(raw) = std::str::from_utf8(body).ok().and_then(|text| serde_json::from_str::<OnePass>(text).ok()) {
-        return build(raw, subject);
+    // Fast path: a chat line or PM as Kryten writes it, read in one pass (`scan`).
+    // Anything it does not take goes through the general path, which decides.
+    if let Some(fields) = std::str::from_utf8(body).ok().and_then(scan::chat_envelope) {
+        return build(fields, subject);
     }
     parse_general(body, subject)
 }
 
-/// Reads the envelope with the payload kept raw, then the payload by event name.
-fn parse_general(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
+/// Reads the envelope with serde_json, the payload kept raw, then the payload by event
+/// name. [`parse`] gives the same answer for every body, only faster for chat.
+#[doc(hidden)]
+pub fn parse_general(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
     let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotAnEnvelope(e.to_string()))?;
-    let read = OnePass {
+    let read = Fields {
         name: raw.event_name,
         payload: raw.payload.map_or(Payload::Missing, Payload::Raw),
         channel: raw.channel,
@@ -184,7 +184,7 @@ fn parse_general(body: &[u8], subject: Option<&str>) -> Result<Envelope, Envelop
     build(read, subject)
 }
 
-fn build(raw: OnePass<'_>, subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
+fn build(raw: Fields<'_>, subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
     let channel = match raw.channel.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
         Some(c) => c.to_owned(),
         None => subject.and_then(split_subject).map(|(c, _)| c.to_owned()).ok_or(EnvelopeError::NoChannel)?,
@@ -236,7 +236,7 @@ fn message_event(name: &str, (message, to): (Message, Option<String>)) -> Event 
 }
 
 /// An envelope's fields as read, before they become an [`Envelope`].
-struct OnePass<'a> {
+struct Fields<'a> {
     name: Cow<'a, str>,
     payload: Payload<'a>,
     channel: Option<Cow<'a, str>>,
@@ -244,8 +244,8 @@ struct OnePass<'a> {
     correlation_id: Option<Cow<'a, str>>,
 }
 
-/// A payload as read: kept raw (to be parsed once the event name is known), or already
-/// read as a chat line/PM because the name came first.
+/// A payload as read: kept raw (to be parsed by event name), or already read as a chat
+/// line/PM (by `scan`).
 enum Payload<'a> {
     Missing,
     Raw(&'a RawValue),
@@ -254,82 +254,6 @@ enum Payload<'a> {
 
 fn is_message_event(name: &str) -> bool {
     name.eq_ignore_ascii_case("chatMsg") || name.eq_ignore_ascii_case("pm")
-}
-
-/// A string that borrows from the body when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for OnePass<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OnePass<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an event envelope")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, key: &'static str) -> Result<(), E> {
-                    match slot.replace(value) {
-                        None => Ok(()),
-                        Some(_) => Err(E::duplicate_field(key)),
-                    }
-                }
-                let mut name: Option<Cow<'de, str>> = None;
-                let mut payload = None;
-                let (mut channel, mut timestamp, mut correlation_id) = (None, None, None);
-                // A key with escapes is not borrowed: an error here sends the body to
-                // the general path.
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "event_name" => once(&mut name, map.next_value::<Text>()?.0, "event_name")?,
-                        "payload" => {
-                            let value = if name.as_deref().is_some_and(is_message_event) {
-                                Payload::Message(map.next_value()?)
-                            } else {
-                                map.next_value::<Option<&RawValue>>()?.map_or(Payload::Missing, Payload::Raw)
-                            };
-                            once(&mut payload, value, "payload")?;
-                        }
-                        "channel" => once(&mut channel, map.next_value::<Option<Text>>()?, "channel")?,
-                        "timestamp" => once(&mut timestamp, map.next_value::<Option<Text>>()?, "timestamp")?,
-                        "correlation_id" => {
-                            once(&mut correlation_id, map.next_value::<Option<Text>>()?, "correlation_id")?
-                        }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(OnePass {
-                    name: name.ok_or_else(|| de::Error::missing_field("event_name"))?,
-                    payload: payload.unwrap_or(Payload::Missing),
-                    channel: channel.flatten().map(|t| t.0),
-                    timestamp: timestamp.flatten().map(|t| t.0),
-                    correlation_id: correlation_id.flatten().map(|t| t.0),
-                })
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 fn message(payload: &str) -> Option<(Message, Option<String>)> {
@@ -456,7 +380,16 @@ mod tests {
                 Just("alice".to_owned()),
                 Just("hi KrytenBot &lt;3 <em>yo</em>".to_owned()),
                 Just("tab\\tquote\\\"".to_owned()),
-                Just("\\u00e9t\\u00e9 \\ud83d\\ude00".to_owned()),
+                Just("\\u00e9t\\u00e9 \\ud83d\\ude00 \\/".to_owned()),
+                Just("raw é 😀".to_owned()),
+                Just("every \\\\ escape \\n\\r\\b\\f\\t\\/\\\"".to_owned()),
+                // Not JSON, or not a string serde_json reads: the general path decides.
+                Just("lone \\ud800 x".to_owned()),
+                Just("\\udc00".to_owned()),
+                Just("\\ud83d\\u0041".to_owned()),
+                Just("bad \\x escape".to_owned()),
+                Just("short \\u00".to_owned()),
+                Just("control \u{1} char".to_owned()),
                 "[a-z ]{0,8}",
             ]
             .prop_map(|s| format!("\"{s}\""))
@@ -470,6 +403,8 @@ mod tests {
                 Just("-1".to_owned()),
                 Just("1768473000123".to_owned()),
                 Just("2.5e3".to_owned()),
+                prop::sample::select(vec!["0", "01", "-0", "1.", "1E+2", "-1.5e-3", "1e", "tru", "nul", "[", "]"])
+                    .prop_map(str::to_owned),
             ];
             leaf.prop_recursive(2, 8, 4, |inner| {
                 prop_oneof![
@@ -499,12 +434,33 @@ mod tests {
 
         /// A chat/PM payload, well or badly shaped.
         fn message_payload() -> impl Strategy<Value = String> {
+            let required = || prop::option::weighted(0.9, string());
             (
-                prop::option::of(string()),
-                prop::option::of(string()),
-                prop::option::of(prop_oneof![Just("{}"), Just(r#"{"shadow":true,"addClass":"action"}"#), Just("3")]),
-                prop::option::of(prop_oneof![Just("1768473000123"), Just("-5"), Just("\"x\"")]),
-                prop::option::of(string()),
+                required(),
+                required(),
+                prop::option::of(prop::sample::select(vec![
+                    "{}",
+                    r#"{"shadow":true,"addClass":"action"}"#,
+                    "3",
+                    "null",
+                    r#"{"shadow":null,"addClass":null}"#,
+                    r#"{"shadow":false,"x":[1,{"y":2.5e1}],"addClass":"shout"}"#,
+                    r#"{"shadow":"yes"}"#,
+                    r#"{"shadow":true,"shadow":false}"#,
+                    "[true]",
+                ])),
+                prop::option::of(prop::sample::select(vec![
+                    "1768473000123",
+                    "-5",
+                    "\"x\"",
+                    "0",
+                    "1.5",
+                    "null",
+                    "017",
+                    "12345678901234567890",
+                    "1e3",
+                ])),
+                prop::option::of(prop_oneof![string(), Just("null".to_owned())]),
             )
                 .prop_map(|(u, m, meta, time, to)| {
                     let named = [("username", u), ("msg", m), ("meta", meta.map(str::to_owned))];
@@ -542,7 +498,9 @@ mod tests {
                 };
                 (Just(k), prop_oneof![4 => likely, 1 => value()])
             });
-            prop_oneof![
+            let spacing = prop::sample::select(vec![(":", ","), (": ", ", "), (" :\n", "\t,\r\n")]);
+            let tail = prop::sample::select(vec!["", " ", "\n", "x", "}", " {}"]);
+            let shaped = prop_oneof![
                 (name.clone(), message_payload(), prop::option::of(string())).prop_map(|(n, p, c)| {
                     let channel = c.map(|c| format!(",\"channel\":{c}")).unwrap_or_default();
                     format!(
@@ -553,10 +511,40 @@ mod tests {
                     let fields: Vec<String> = entries.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                     format!("{{{}}}", fields.join(","))
                 }),
-            ]
+            ];
+            // Spacing between tokens (also inside strings that hold `:` or `,`: both
+            // readers see the same body) and what follows the object.
+            (shaped, spacing, tail).prop_map(|(body, (colon, comma), tail)| {
+                format!("{}{tail}", body.replace(':', colon).replace(',', comma))
+            })
+        }
+
+        #[test]
+        fn deep_nesting_is_left_to_the_general_path() {
+            for depth in [10, 100, 200] {
+                let junk = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+                let body = format!(
+                    r#"{{"event_name":"chatMsg","payload":{{"username":"a","msg":"b","x":{junk}}},"channel":"c","domain":{junk}}}"#
+                );
+                assert_eq!(parse(body.as_bytes(), None), parse_general(body.as_bytes(), None), "depth {depth}");
+            }
+        }
+
+        #[test]
+        fn kryten_chat_lines_take_the_one_pass_reader() {
+            let capture = include_str!("../tests/fixtures/kryten-robot-1.12.6-session.jsonl");
+            let chats: Vec<&str> = capture.lines().filter(|l| l.contains(r#""event_name": "chatMsg""#)).collect();
+            assert!(chats.len() > 10);
+            for line in chats {
+                assert!(scan::chat_envelope(line).is_some(), "{line}");
+            }
+            let escaped = r#"{"event_name": "pm", "payload": {"username": "al\"ice", "msg": "caf\u00e9 \ud83d\ude00", "meta": {}, "time": 1, "to": "KrytenBot"}, "channel": "c"}"#;
+            assert!(scan::chat_envelope(escaped).is_some());
+            assert_eq!(parse(escaped.as_bytes(), None), parse_general(escaped.as_bytes(), None));
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
             /// The one-pass reading is only a shortcut: whatever it accepts reads exactly
             /// as the general path reads it, errors included.
             #[test]
