@@ -271,6 +271,9 @@ pub(crate) struct Channel {
     context: Context,
     pm_threads: BTreeMap<String, Context>,
     users: BTreeMap<String, UserState>,
+    /// Prune `users` when it grows past this: twice what the last pruning kept (at least
+    /// USER_PRUNE_THRESHOLD), so a room with many active users is not scanned per reply.
+    users_prune_at: usize,
     window: SlidingWindow,
     pending: usize,
     last_fire: Option<Millis>,
@@ -327,6 +330,7 @@ impl Channel {
             context: Context::new(cfg.context.max_messages, cfg.context.max_age),
             pm_threads: BTreeMap::new(),
             users: BTreeMap::new(),
+            users_prune_at: USER_PRUNE_THRESHOLD,
             window: SlidingWindow::default(),
             pending: 0,
             last_fire: None,
@@ -872,11 +876,12 @@ impl Channel {
                 state.window.record(t, lim.per_user);
             }
         }
-        if self.users.len() > USER_PRUNE_THRESHOLD {
+        if self.users.len() > self.users_prune_at {
             let now = sent_at.unwrap_or(Millis::ZERO).max(self.last_send.unwrap_or(Millis::ZERO));
             let window = lim.per_user.window;
             let guard = self.cfg.loop_guard.window;
             self.users.retain(|_, s| s.is_live(now, window, guard));
+            self.users_prune_at = (self.users.len() * 2).max(USER_PRUNE_THRESHOLD);
         }
     }
 
@@ -986,10 +991,13 @@ impl Channel {
             }
             let content = if l.own {
                 l.text.clone()
-            } else if l.action {
-                format!("{} {}", l.user, l.text)
             } else {
-                format!("{}: {}", l.user, l.text)
+                let sep = if l.action { " " } else { ": " };
+                let mut c = String::with_capacity(l.user.len() + sep.len() + l.text.len());
+                c.push_str(&l.user);
+                c.push_str(sep);
+                c.push_str(&l.text);
+                c
             };
             let role = if l.own { Role::Assistant } else { Role::User };
             messages.push(PromptMessage { role, content });

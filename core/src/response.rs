@@ -95,13 +95,21 @@ impl Recent {
 
     /// Does `text` look like a copy of a recent reply (most of its words, at least 4)?
     pub fn resembles(&self, text: &str) -> bool {
-        let words: std::collections::BTreeSet<String> = normalise(text).split(' ').map(str::to_owned).collect();
+        // Word sets as sorted, deduplicated lists.
+        fn word_set(text: &str) -> Vec<&str> {
+            let mut words: Vec<&str> = text.split(' ').collect();
+            words.sort_unstable();
+            words.dedup();
+            words
+        }
+        let normalised = normalise(text);
+        let words = word_set(&normalised);
         if words.len() < 4 {
             return false;
         }
         self.replies.iter().any(|r| {
-            let theirs: std::collections::BTreeSet<&str> = r.split(' ').collect();
-            let common = words.iter().filter(|w| theirs.contains(w.as_str())).count();
+            let theirs = word_set(r);
+            let common = words.iter().filter(|w| theirs.binary_search(w).is_ok()).count();
             common * 10 >= words.len().max(theirs.len()) * 7
         })
     }
