@@ -175,8 +175,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// One thread: the engine is single-threaded anyway, and keeping the NATS connection,
+/// the engine loop and the LLM client on the same thread saves a cross-thread wake-up
+/// per hop (mention → `say` p50 0.75 → 0.6 ms here). /health has a thread of its own.
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))

@@ -57,8 +57,8 @@ pub struct ProviderHealth {
 
 /// Everything the HTTP handlers read.
 pub struct Shared {
-    /// Health snapshot.
-    pub health: Mutex<HealthState>,
+    /// Health snapshot, and its rendering while it has not changed.
+    health: Mutex<(HealthState, Option<Bytes>)>,
     /// Metric families.
     pub metrics: Metrics,
     /// Process start.
@@ -66,33 +66,71 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state for a daemon started at `started`.
+    pub fn new(metrics: Metrics, started: Instant) -> Shared {
+        Shared { health: Mutex::new((HealthState::default(), None)), metrics, started }
+    }
+
+    /// Changes the health snapshot.
+    pub fn update_health(&self, f: impl FnOnce(&mut HealthState)) {
+        if let Ok(mut h) = self.health.lock() {
+            f(&mut h.0);
+            h.1 = None;
+        }
+    }
+
     /// The /health document.
     pub fn health_json(&self) -> Value {
-        let h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
-        let queue: usize = h.channels.iter().map(|c| c.queued).sum();
-        let mut doc = json!({
-            "status": if h.nats_connected { "ok" } else { "degraded" },
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-            "shutting_down": h.shutting_down,
-            "nats": {"state": if h.nats_connected { "connected" } else { "disconnected" }, "queue_depth": queue, "reconnects": h.reconnects},
-            "llm": {"providers": h.providers.iter().map(|(name, p)| (name.clone(), json!({
-                "state": if p.consecutive_failures == 0 { "ok" } else { "failing" },
-                "consecutive_failures": p.consecutive_failures,
-                "last_error": p.last_error,
-                "ok": p.ok,
-            }))).collect::<serde_json::Map<_, _>>()},
-            "spend": {"tokens_last_hour": h.spend.0, "tokens_last_day": h.spend.1},
-            "channels": h.channels.iter().map(|c| json!({
-                "name": c.name, "context_size": c.context_len, "in_flight": c.in_flight, "queued": c.queued,
-                "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
-            })).collect::<Vec<_>>(),
-        });
-        if let Some(ha) = h.ha {
-            doc["ha"] = ha;
-        }
+        let mut doc = self.health.lock().map(|h| document(&h.0)).unwrap_or_default();
+        doc["uptime_seconds"] = json!(self.uptime());
         doc
     }
+
+    /// The /health body: rendered once per change of the snapshot (the daemon refreshes
+    /// it four times a second), with the uptime put in per request.
+    fn health_body(&self) -> Bytes {
+        let rendered = match self.health.lock() {
+            Ok(mut h) => {
+                let (state, rendered) = &mut *h;
+                rendered.get_or_insert_with(|| Bytes::from(document(state).to_string())).clone()
+            }
+            Err(_) => Bytes::from_static(b"{}"),
+        };
+        // `rendered` is a JSON object with at least one member: `{` + members + `}`.
+        let mut body = format!("{{\"uptime_seconds\":{},", self.uptime()).into_bytes();
+        body.extend_from_slice(&rendered[1..]);
+        Bytes::from(body)
+    }
+
+    fn uptime(&self) -> f64 {
+        (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+    }
+}
+
+/// The /health document without the uptime.
+fn document(h: &HealthState) -> Value {
+    let queue: usize = h.channels.iter().map(|c| c.queued).sum();
+    let mut doc = json!({
+        "status": if h.nats_connected { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "shutting_down": h.shutting_down,
+        "nats": {"state": if h.nats_connected { "connected" } else { "disconnected" }, "queue_depth": queue, "reconnects": h.reconnects},
+        "llm": {"providers": h.providers.iter().map(|(name, p)| (name.clone(), json!({
+            "state": if p.consecutive_failures == 0 { "ok" } else { "failing" },
+            "consecutive_failures": p.consecutive_failures,
+            "last_error": p.last_error,
+            "ok": p.ok,
+        }))).collect::<serde_json::Map<_, _>>()},
+        "spend": {"tokens_last_hour": h.spend.0, "tokens_last_day": h.spend.1},
+        "channels": h.channels.iter().map(|c| json!({
+            "name": c.name, "context_size": c.context_len, "in_flight": c.in_flight, "queued": c.queued,
+            "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(ha) = &h.ha {
+        doc["ha"] = ha.clone();
+    }
+    doc
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -104,7 +142,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => respond(StatusCode::OK, "application/json", shared.health_json().to_string()),
+        (&Method::GET, "/health") => respond(StatusCode::OK, "application/json", shared.health_body()),
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -116,8 +154,26 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<F
 }
 
 /// Binds `addr` (failing at once if it cannot, e.g. port in use).
-pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves on a thread of its own (with its own small runtime), so a busy event loop
+/// cannot slow a health probe and a flood of probes cannot slow the event loop. The
+/// thread lives as long as the process.
+pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => serve(listener, shared).await,
+                Err(e) => tracing::error!(error = %e, "http: cannot use the listener"),
+            }
+        })
+    })?;
+    Ok(())
 }
 
 /// Serves until the task is dropped.

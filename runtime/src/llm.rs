@@ -116,8 +116,16 @@ impl LlmClient {
     ) -> Result<LlmClient, ClientError> {
         // Mozilla's roots, compiled in: no file I/O at start-up (loading the system store
         // took ~200 ms here, most of the time to "ready").
-        let https =
-            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
+        // No Nagle: a request (headers, then body) leaves at once instead of waiting for
+        // the peer's ACK of the first segment.
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
         let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
         let mut out = BTreeMap::new();
         for (name, cfg) in providers {

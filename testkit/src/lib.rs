@@ -142,6 +142,7 @@ impl FakeLlm {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
                 let (s, r) = (s.clone(), r.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(req, s.clone(), r.clone()));
