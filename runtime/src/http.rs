@@ -3,7 +3,8 @@
 //! Served on a thread of its own, from shared state the daemon refreshes, never by
 //! asking the engine task: a busy event loop cannot slow a health probe, and a flood of
 //! probes cannot slow the event loop. /health always answers 200: `status` says
-//! `degraded` while NATS is down. Anything else is 404; a malformed request only closes its own connection.
+//! `degraded` while NATS is down. Anything else is 404; a malformed request only closes
+//! its own connection.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
