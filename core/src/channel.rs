@@ -481,7 +481,7 @@ impl Channel {
     }
 
     /// Records the event's identity; false (and an `ignored` decision) for a repeat.
-    pub fn first_sighting(&mut self, env: &mut Env, correlation_id: Option<&str>, msg: Option<&Message>) -> bool {
+    pub fn first_sighting(&mut self, env: &mut Env, correlation_id: Option<&str>, msg: Option<&Message<'_>>) -> bool {
         let by_id = correlation_id.map(|c| key_of(("id", c)));
         let by_content = msg.and_then(|m| m.time.map(|t| key_of(("msg", &m.user, t, &m.text))));
         let mut fresh = true;
@@ -489,7 +489,7 @@ impl Channel {
             fresh &= self.seen.insert(key);
         }
         if !fresh {
-            self.ignore(env, correlation_id, msg.map(|m| m.user.as_str()), None, Reason::DuplicateEvent);
+            self.ignore(env, correlation_id, msg.map(|m| &*m.user), None, Reason::DuplicateEvent);
         }
         fresh
     }
@@ -502,13 +502,13 @@ impl Channel {
         self.cfg.ignore_users.iter().any(|u| same_name(name, u))
     }
 
-    fn line(at: Millis, msg: &Message, own: bool) -> ChatLine {
-        ChatLine { at, user: Arc::from(msg.user.as_str()), text: msg.text.clone(), own, action: msg.action }
+    fn line(at: Millis, msg: &Message<'_>, own: bool) -> ChatLine {
+        ChatLine { at, user: Arc::from(&*msg.user), text: msg.text.to_string(), own, action: msg.action }
     }
 
     // ------------------------------------------------------------------ inbound events
 
-    pub fn on_chat(&mut self, env: &mut Env, msg: Message, correlation_id: Option<&str>) {
+    pub fn on_chat(&mut self, env: &mut Env, msg: Message<'_>, correlation_id: Option<&str>) {
         let cid = correlation_id;
         if msg.user == "[server]" {
             return self.ignore(env, cid, None, None, Reason::ServerMessage);
@@ -524,13 +524,13 @@ impl Channel {
                 self.last_send = self.last_send.max(Some(at));
                 self.log_sent(at, &msg.text);
             }
-            return self.ignore(env, cid, Some(&msg.user), None, Reason::OwnMessage);
+            return self.ignore(env, cid, Some(&*msg.user), None, Reason::OwnMessage);
         }
         if msg.shadow {
-            return self.ignore(env, cid, Some(&msg.user), None, Reason::ShadowMuted);
+            return self.ignore(env, cid, Some(&*msg.user), None, Reason::ShadowMuted);
         }
         if self.is_ignored_user(&msg.user) {
-            return self.ignore(env, cid, Some(&msg.user), None, Reason::IgnoredUser);
+            return self.ignore(env, cid, Some(&*msg.user), None, Reason::IgnoredUser);
         }
         // The join backlog is real conversation: remember it, but never answer it.
         let backlog = msg.time.is_some_and(|t| t < env.start);
@@ -538,7 +538,7 @@ impl Channel {
             if msg.time.is_some_and(|t| t >= env.now.before(self.cfg.context.max_age)) {
                 self.context.push(Self::line(at, &msg, false));
             }
-            return self.ignore(env, cid, Some(&msg.user), None, Reason::Backlog);
+            return self.ignore(env, cid, Some(&*msg.user), None, Reason::Backlog);
         }
         self.new_lines = self.new_lines.saturating_add(1);
         let t = &self.cfg.triggers;
@@ -554,8 +554,8 @@ impl Channel {
         }
         if candidates.is_empty() {
             // Most lines: remembered, nothing to answer, so the text moves (no copy).
-            let user = Arc::from(msg.user.as_str());
-            self.context.push(ChatLine { at, user, text: msg.text, own: false, action: msg.action });
+            let user = Arc::from(&*msg.user);
+            self.context.push(ChatLine { at, user, text: msg.text.into_owned(), own: false, action: msg.action });
             return;
         }
         self.context.push(Self::line(at, &msg, false));
@@ -563,13 +563,13 @@ impl Channel {
         for (trigger, probability, cooldown) in candidates {
             let ask = Ask {
                 trigger,
-                user: Some(&msg.user),
+                user: Some(&*msg.user),
                 correlation_id: cid,
                 probability,
                 cooldown,
                 prompt: Prompt::Chat {
-                    user: msg.user.clone(),
-                    text: msg.text.clone(),
+                    user: msg.user.to_string(),
+                    text: msg.text.to_string(),
                     addressed: trigger == Trigger::Mention,
                 },
             };
@@ -581,7 +581,7 @@ impl Channel {
         }
     }
 
-    pub fn on_pm(&mut self, env: &mut Env, msg: Message, to: &str, correlation_id: Option<&str>) {
+    pub fn on_pm(&mut self, env: &mut Env, msg: Message<'_>, to: &str, correlation_id: Option<&str>) {
         let cid = correlation_id;
         if msg.user == "[server]" {
             return self.ignore(env, cid, None, Some(Trigger::Pm), Reason::ServerMessage);
@@ -589,16 +589,16 @@ impl Channel {
         if Self::is_bot(env, &msg.user) {
             let thread = self.pm_thread(env.now, &to.to_lowercase());
             thread.push(Self::line(env.now, &msg, true));
-            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::OwnMessage);
+            return self.ignore(env, cid, Some(&*msg.user), Some(Trigger::Pm), Reason::OwnMessage);
         }
         if !Self::is_bot(env, to) {
-            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::NotForBot);
+            return self.ignore(env, cid, Some(&*msg.user), Some(Trigger::Pm), Reason::NotForBot);
         }
         if self.is_ignored_user(&msg.user) {
-            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::IgnoredUser);
+            return self.ignore(env, cid, Some(&*msg.user), Some(Trigger::Pm), Reason::IgnoredUser);
         }
         if msg.time.is_some_and(|t| t < env.start) {
-            return self.ignore(env, cid, Some(&msg.user), Some(Trigger::Pm), Reason::Backlog);
+            return self.ignore(env, cid, Some(&*msg.user), Some(Trigger::Pm), Reason::Backlog);
         }
         let user_lc = msg.user.to_lowercase();
         let now = env.now;
@@ -606,11 +606,11 @@ impl Channel {
         if self.cfg.triggers.pm_enabled {
             let ask = Ask {
                 trigger: Trigger::Pm,
-                user: Some(&msg.user),
+                user: Some(&*msg.user),
                 correlation_id: cid,
                 probability: 1.0,
                 cooldown: Duration::ZERO,
-                prompt: Prompt::Pm { user: msg.user.clone(), text: msg.text.clone() },
+                prompt: Prompt::Pm { user: msg.user.to_string(), text: msg.text.to_string() },
             };
             let _ = self.consider(env, ask);
         }

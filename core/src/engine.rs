@@ -5,6 +5,7 @@
 //! Time only moves forward: a `now` earlier than one already seen is treated as the
 //! latest seen, so clock steps backwards cannot reopen a window or a cooldown.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::budget::Ledger;
@@ -362,7 +363,11 @@ impl Engine {
             }
         };
         let Some(slot) = self.slot_of(&env.channel) else {
-            return self.unrouted_decision(&env.channel, env.correlation_id, Reason::UnknownChannel);
+            return self.unrouted_decision(
+                &env.channel,
+                env.correlation_id.map(Cow::into_owned),
+                Reason::UnknownChannel,
+            );
         };
         let cid = env.correlation_id;
         self.with_channel(slot, |ch, e| {
@@ -384,7 +389,7 @@ impl Engine {
                 Event::Malformed { .. } => e.out.push_back(Effect::Decision(Decision {
                     at: e.now,
                     channel: ch.cfg.name.clone(),
-                    correlation_id: cid,
+                    correlation_id: cid.map(Cow::into_owned),
                     user: None,
                     trigger: None,
                     outcome: Outcome::Ignored,

@@ -18,30 +18,31 @@ use crate::time::Millis;
 
 mod scan;
 
-/// A parsed envelope.
+/// A parsed envelope. Strings borrow from the body where they can (most chat lines need
+/// no copy until the engine keeps them).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
+pub struct Envelope<'a> {
     /// The channel named in the envelope (or, failing that, in the subject).
-    pub channel: String,
+    pub channel: Cow<'a, str>,
     /// Kryten's per-event uuid, when present.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<Cow<'a, str>>,
     /// The robot's receive time, when present and parseable.
     pub timestamp: Option<Millis>,
     /// What happened.
-    pub event: Event,
+    pub event: Event<'a>,
 }
 
 /// The events the engine distinguishes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum Event<'a> {
     /// A public chat line (`chatMsg`), text already decoded from HTML.
-    Chat(Message),
+    Chat(Message<'a>),
     /// A private message (`pm`); `to` is the recipient.
     Pm {
         /// The message.
-        message: Message,
+        message: Message<'a>,
         /// Recipient's name.
-        to: String,
+        to: Cow<'a, str>,
     },
     /// New media started (`changeMedia`).
     MediaChange {
@@ -73,11 +74,11 @@ pub enum Event {
 
 /// A chat line or PM as CyTube sent it, decoded to plain text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Message {
+pub struct Message<'a> {
     /// Sender's name.
-    pub user: String,
+    pub user: Cow<'a, str>,
     /// Plain text.
-    pub text: String,
+    pub text: Cow<'a, str>,
     /// CyTube server time in ms (`payload.time`), when present.
     pub time: Option<Millis>,
     /// `meta.shadow`: sender is shadow-muted; only moderators see it.
@@ -160,7 +161,7 @@ pub fn split_subject(subject: &str) -> Option<(&str, &str)> {
 
 /// Parses one envelope. `subject` (when the body came from NATS) supplies the channel if
 /// the envelope lacks one.
-pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
+pub fn parse<'a>(body: &'a [u8], subject: Option<&'a str>) -> Result<Envelope<'a>, EnvelopeError> {
     // Fast path: a chat line or PM as Kryten writes it, read in one pass (`scan`).
     // Anything it does not take goes through the general path, which decides.
     if let Some(fields) = std::str::from_utf8(body).ok().and_then(scan::chat_envelope) {
@@ -172,7 +173,7 @@ pub fn parse(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeErr
 /// Reads the envelope with serde_json, the payload kept raw, then the payload by event
 /// name. [`parse`] gives the same answer for every body, only faster for chat.
 #[doc(hidden)]
-pub fn parse_general(body: &[u8], subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
+pub fn parse_general<'a>(body: &'a [u8], subject: Option<&'a str>) -> Result<Envelope<'a>, EnvelopeError> {
     let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotAnEnvelope(e.to_string()))?;
     let read = Fields {
         name: raw.event_name,
@@ -184,10 +185,11 @@ pub fn parse_general(body: &[u8], subject: Option<&str>) -> Result<Envelope, Env
     build(read, subject)
 }
 
-fn build(raw: Fields<'_>, subject: Option<&str>) -> Result<Envelope, EnvelopeError> {
-    let channel = match raw.channel.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
-        Some(c) => c.to_owned(),
-        None => subject.and_then(split_subject).map(|(c, _)| c.to_owned()).ok_or(EnvelopeError::NoChannel)?,
+fn build<'a>(raw: Fields<'a>, subject: Option<&'a str>) -> Result<Envelope<'a>, EnvelopeError> {
+    let channel = match raw.channel {
+        Some(Cow::Borrowed(c)) if !c.trim().is_empty() => Cow::Borrowed(c.trim()),
+        Some(Cow::Owned(c)) if !c.trim().is_empty() => Cow::Owned(c.trim().to_owned()),
+        _ => subject.and_then(split_subject).map(|(c, _)| Cow::Borrowed(c)).ok_or(EnvelopeError::NoChannel)?,
     };
     let name = raw.name.as_ref();
     let event = match raw.payload {
@@ -197,14 +199,14 @@ fn build(raw: Fields<'_>, subject: Option<&str>) -> Result<Envelope, EnvelopeErr
     };
     Ok(Envelope {
         channel,
-        correlation_id: raw.correlation_id.map(Cow::into_owned),
+        correlation_id: raw.correlation_id,
         timestamp: raw.timestamp.as_deref().and_then(Millis::parse_rfc3339),
         event: event.unwrap_or_else(|| Event::Malformed { event_name: name.to_owned() }),
     })
 }
 
 /// The event named `name` with this raw payload; `None` when the payload has the wrong shape.
-fn event_of(name: &str, payload: &str) -> Option<Event> {
+fn event_of<'a>(name: &str, payload: &'a str) -> Option<Event<'a>> {
     if is_message_event(name) {
         message(payload).map(|m| message_event(name, m))
     } else if name.eq_ignore_ascii_case("changeMedia") {
@@ -227,7 +229,7 @@ fn event_of(name: &str, payload: &str) -> Option<Event> {
 }
 
 /// A chat line (`chatMsg`) or PM (`pm`, with its recipient).
-fn message_event(name: &str, (message, to): (Message, Option<String>)) -> Event {
+fn message_event<'a>(name: &str, (message, to): (Message<'a>, Option<Cow<'a, str>>)) -> Event<'a> {
     if name.eq_ignore_ascii_case("pm") {
         Event::Pm { message, to: to.unwrap_or_default() }
     } else {
@@ -256,26 +258,40 @@ fn is_message_event(name: &str) -> bool {
     name.eq_ignore_ascii_case("chatMsg") || name.eq_ignore_ascii_case("pm")
 }
 
-fn message(payload: &str) -> Option<(Message, Option<String>)> {
+fn message(payload: &str) -> Option<(Message<'_>, Option<Cow<'_, str>>)> {
     serde_json::from_str(payload).ok().map(message_of)
 }
 
-fn message_of(m: RawMessage<'_>) -> (Message, Option<String>) {
+fn message_of(m: RawMessage<'_>) -> (Message<'_>, Option<Cow<'_, str>>) {
     let meta = m.meta.unwrap_or_default();
     let time = m.time.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Millis(t as u64));
     (
         Message {
-            user: m.username.into_owned(),
-            text: html::to_plain_text(&m.msg).into_owned(),
+            user: m.username,
+            text: plain_text(m.msg),
             time,
             shadow: meta.shadow.unwrap_or(false),
             action: meta.add_class.as_deref() == Some("action"),
         },
-        m.to.map(Cow::into_owned),
+        m.to,
     )
 }
 
-impl Event {
+/// `msg` decoded from HTML, still borrowed when there was nothing to decode.
+fn plain_text(msg: Cow<'_, str>) -> Cow<'_, str> {
+    match msg {
+        Cow::Borrowed(m) => html::to_plain_text(m),
+        Cow::Owned(m) => {
+            let decoded = match html::to_plain_text(&m) {
+                Cow::Owned(d) => Some(d),
+                Cow::Borrowed(_) => None,
+            };
+            Cow::Owned(decoded.unwrap_or(m))
+        }
+    }
+}
+
+impl Event<'_> {
     /// CyTube's name for the event kind, for counting.
     pub fn kind(&self) -> &str {
         match self {
@@ -294,7 +310,7 @@ impl Event {
 mod tests {
     use super::*;
 
-    fn chat(body: &str) -> Message {
+    fn chat(body: &str) -> Message<'_> {
         match parse(body.as_bytes(), None).unwrap().event {
             Event::Chat(m) => m,
             other => panic!("not chat: {other:?}"),
@@ -326,7 +342,7 @@ mod tests {
     fn pm_keeps_its_recipient() {
         let body = r#"{"event_name":"pm","channel":"lounge","payload":{"username":"alice","msg":"psst","meta":{},"time":5,"to":"KrytenBot"}}"#;
         let Event::Pm { message, to } = parse(body.as_bytes(), None).unwrap().event else { panic!() };
-        assert_eq!((message.user.as_str(), to.as_str()), ("alice", "KrytenBot"));
+        assert_eq!((&*message.user, &*to), ("alice", "KrytenBot"));
     }
 
     #[test]
@@ -391,6 +407,13 @@ mod tests {
                 Just("short \\u00".to_owned()),
                 Just("control \u{1} char".to_owned()),
                 "[a-z ]{0,8}",
+                // An escape, quote or control byte at every offset within 8-byte words.
+                (
+                    "[a-zé ]{0,19}",
+                    prop::sample::select(vec![r"\n", r#"\""#, r"\\", r"\u00e9", "\u{1f}"]),
+                    "[a-z]{0,11}"
+                )
+                    .prop_map(|(a, e, b)| format!("{a}{e}{b}")),
             ]
             .prop_map(|s| format!("\"{s}\""))
         }

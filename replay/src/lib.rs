@@ -44,7 +44,7 @@ pub fn corpus_channels(reader: impl BufRead) -> Vec<String> {
     for ev in corpus::read(reader).flatten() {
         if let Ok(env) = event::parse(&ev.body, None) {
             if !out.iter().any(|c| c.eq_ignore_ascii_case(&env.channel)) {
-                out.push(env.channel);
+                out.push(env.channel.into_owned());
             }
         }
     }

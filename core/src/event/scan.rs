@@ -161,13 +161,15 @@ impl<'a> Scanner<'a> {
 
     /// Skips bytes that stand for themselves inside a string.
     fn plain_run(&mut self) {
-        // Eight bytes at a time while none of them is `"`, `\` or a control byte.
+        // Eight bytes at a time: the lowest flagged byte of a word is the first `"`, `\`
+        // or control byte in it (flags above it may be spurious, never those below).
         while let Some(word) = self.bytes.get(self.at..self.at + 8) {
             let x = u64::from_le_bytes(word.try_into().unwrap_or_default());
-            if has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))) | has_below(x, 0x20)
-                != 0
-            {
-                break;
+            let hits =
+                has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))) | has_below(x, 0x20);
+            if hits != 0 {
+                self.at += (hits.trailing_zeros() / 8) as usize;
+                return;
             }
             self.at += 8;
         }
@@ -231,15 +233,18 @@ impl<'a> Scanner<'a> {
     fn integer(&mut self) -> Option<f64> {
         self.ws();
         let start = self.at;
-        while self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
+        let mut n = 0u64;
+        while let Some(d) = self.bytes.get(self.at).filter(|b| b.is_ascii_digit()) {
+            // 19 digits cannot overflow; longer numbers are refused below.
+            n = n.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
             self.at += 1;
         }
-        let digits = &self.text[start..self.at];
-        let plain = !digits.is_empty() && digits.len() <= 19 && (digits == "0" || !digits.starts_with('0'));
+        let len = self.at - start;
+        let plain = (1..=19).contains(&len) && (len == 1 || self.bytes[start] != b'0');
         if !plain || matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        digits.parse::<u64>().ok().map(|n| n as f64)
+        Some(n as f64)
     }
 
     /// A chat/PM payload.
