@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatbot_testkit::{config, free_port, Bot, FakeLlm, Nats};
+use chatbot_testkit::{config, free_port, http_get, Bot, FakeLlm, Nats};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -148,18 +148,6 @@ fn chat(channel: &str, user: &str, msg: &str, id: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One GET over a fresh connection; the whole response as text.
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Receives say commands and records when each token arrived.
 async fn collector(client: &async_nats::Client) -> Arc<Mutex<HashMap<String, Instant>>> {
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -238,7 +226,7 @@ async fn latency(target: &Target, nats: &Nats, llm: &FakeLlm, n: u64) -> Value {
     // Of which the LLM round trip (our /metrics has it; mean over the run).
     let llm_mean_ms = match target {
         Target::Ours(_) => {
-            let metrics = http_get(bot.http_port, "/metrics").await;
+            let (_, metrics) = http_get(bot.http_port, "/metrics").await;
             let value = |name: &str| -> Option<f64> {
                 metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             };

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -72,17 +72,22 @@ impl Shared {
         Shared { health: Mutex::new((HealthState::default(), None)), metrics, started }
     }
 
+    /// The snapshot and its rendering. A panic elsewhere while it was held leaves a
+    /// snapshot that is still whole (every change is a plain assignment): keep serving it.
+    fn health(&self) -> MutexGuard<'_, (HealthState, Option<Bytes>)> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Changes the health snapshot.
     pub fn update_health(&self, f: impl FnOnce(&mut HealthState)) {
-        if let Ok(mut h) = self.health.lock() {
-            f(&mut h.0);
-            h.1 = None;
-        }
+        let mut h = self.health();
+        f(&mut h.0);
+        h.1 = None;
     }
 
     /// The /health document.
     pub fn health_json(&self) -> Value {
-        let mut doc = self.health.lock().map(|h| document(&h.0)).unwrap_or_default();
+        let mut doc = document(&self.health().0);
         doc["uptime_seconds"] = json!(self.uptime());
         doc
     }
@@ -90,12 +95,9 @@ impl Shared {
     /// The /health body: rendered once per change of the snapshot (the daemon refreshes
     /// it four times a second), with the uptime put in per request.
     fn health_body(&self) -> Bytes {
-        let rendered = match self.health.lock() {
-            Ok(mut h) => {
-                let (state, rendered) = &mut *h;
-                rendered.get_or_insert_with(|| Bytes::from(document(state).to_string())).clone()
-            }
-            Err(_) => Bytes::from_static(b"{}"),
+        let rendered = {
+            let (state, rendered) = &mut *self.health();
+            rendered.get_or_insert_with(|| Bytes::from(document(state).to_string())).clone()
         };
         // `rendered` is a JSON object with at least one member: `{` + members + `}`.
         let mut body = format!("{{\"uptime_seconds\":{},", self.uptime()).into_bytes();
