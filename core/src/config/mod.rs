@@ -1,0 +1,482 @@
+//! The configuration: the YAML schema of SPEC.md §3, parsed in two stages.
+//!
+//! Stage one is a raw serde model that mirrors the file (every channel field optional, so
+//! `defaults:` and each channel can set any subset); stage two layers channel over
+//! `defaults` over the built-in defaults and produces the validated [`Config`] the engine
+//! uses. Value checks (probability ranges, durations, regexes, the forbidden `api_key`)
+//! live in the deserializers of small newtypes, so serde_yaml reports them with the line,
+//! column and key path of the offending value. This module never reads files or the
+//! environment: the caller hands it text and a name for that text.
+//!
+//! By stage (ripgrep's `flags/` split): `raw.rs` mirrors the YAML and layers it,
+//! `value.rs` holds the self-validating value types, `resolve.rs` turns the layers into
+//! this module's validated types, `locate.rs` places errors at their line and key, and
+//! `warnings.rs` lists risky but valid settings.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod locate;
+mod raw;
+mod resolve;
+#[cfg(test)]
+mod tests;
+mod value;
+mod warnings;
+
+use value::duration;
+pub use value::Pattern;
+
+/// Why a configuration was refused. Every variant names the file; located variants also
+/// carry the line, column and key path of the problem.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value or key is wrong at a known place in the file.
+    #[error("{file}:{line}:{column}: {path}: {message}")]
+    Invalid {
+        /// The file (or other origin) the text came from.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// Key path such as `channels[1].limits.per_user.max`.
+        path: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A problem that has no single place in the file (e.g. no channel at all).
+    #[error("{file}: {path}: {message}")]
+    Unlocated {
+        /// The file the text came from.
+        file: String,
+        /// Key path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `llm.budget:` tokens the whole bot may spend (0 = no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalBudget {
+    /// Tokens in any hour, over all channels.
+    #[serde(default)]
+    pub tokens_per_hour: u64,
+    /// Tokens in any 24 hours, over all channels.
+    #[serde(default)]
+    pub tokens_per_day: u64,
+}
+
+/// Prices in currency units per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per million prompt tokens.
+    #[serde(default)]
+    pub input: f64,
+    /// Per million completion tokens.
+    #[serde(default)]
+    pub output: f64,
+}
+
+/// A provider's circuit breaker: opens after `failures` transient failures in a row,
+/// lets one request through after `cooldown`, closes on success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failures that open it (0 = never).
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long it stays open before one trial request.
+    #[serde(default = "default_breaker_cooldown", deserialize_with = "duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker { failures: default_breaker_failures(), cooldown: default_breaker_cooldown() }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+
+// ---------------------------------------------------------------------------------------
+// Stage two: the validated configuration.
+// ---------------------------------------------------------------------------------------
+
+/// The validated, defaults-resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Who the bot is.
+    pub bot: BotConfig,
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// Kryten identity and routing.
+    pub kryten: KrytenConfig,
+    /// The health/metrics listener.
+    pub http: HttpConfig,
+    /// LLM providers and fallback lines.
+    pub llm: LlmConfig,
+    /// The channels, in file order, with `defaults` applied.
+    pub channels: Vec<ChannelConfig>,
+    /// Run everything, the LLM included, but log commands instead of publishing them.
+    pub dry_run: bool,
+    /// Several instances sharing the channels through leases.
+    pub ha: HaConfig,
+}
+
+/// `ha:` several instances, one voice per channel (JetStream key-value leases).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// Off: one instance speaks for every channel, no JetStream needed.
+    pub enabled: bool,
+    /// The lease bucket (created if missing); limit state goes to `{bucket}_state`.
+    pub bucket: String,
+    /// A lease not renewed for this long expires (a crashed instance's channels are
+    /// taken over after it).
+    pub lease_ttl: Duration,
+    /// This instance's id; empty in the file means "hostname-pid", filled in by the
+    /// runtime before the engine starts.
+    pub instance: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        let raw = raw::RawHa::default();
+        HaConfig { enabled: false, bucket: raw.bucket.0, lease_ttl: raw.lease_ttl.0, instance: String::new() }
+    }
+}
+
+/// `bot:`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    /// The CyTube account the bot posts as.
+    pub name: String,
+    /// Extra names that count as a mention.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// `nats:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConfig {
+    /// Server URLs.
+    pub servers: Vec<String>,
+    /// Optional user name.
+    pub user: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+    /// NATS `.creds` file.
+    pub creds_file: Option<String>,
+    /// TLS files.
+    pub tls: TlsConfig,
+    /// How long to keep trying at start-up.
+    pub connect_timeout: Duration,
+    /// Which event subjects to subscribe.
+    pub subjects: SubjectScheme,
+    /// Which command shape to publish.
+    pub commands: CommandScheme,
+    /// Commands buffered while disconnected.
+    pub outbound_queue: usize,
+}
+
+/// `nats.tls:`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA bundle to trust.
+    pub ca_file: Option<String>,
+    /// Client certificate.
+    pub cert_file: Option<String>,
+    /// Client key.
+    pub key_file: Option<String>,
+}
+
+/// Event subject scheme.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectScheme {
+    /// `kryten.events.cytube.{channel}.{event}` (Kryten-Robot ≥ 0.6).
+    #[default]
+    Kryten,
+    /// `cytube.events.{channel}.{event}`.
+    Legacy,
+}
+
+/// Command publishing scheme.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandScheme {
+    /// `kryten.robot.command` with `say` / `pm`.
+    #[default]
+    Robot,
+    /// `kryten.commands.cytube.{channel}.chat` with `action`/`data`.
+    Legacy,
+}
+
+/// `kryten:`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KrytenConfig {
+    /// The robot's configured domain, sent verbatim in command meta.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Our lifecycle / discovery identity.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for KrytenConfig {
+    fn default() -> Self {
+        KrytenConfig { domain: default_domain(), service_name: default_service_name() }
+    }
+}
+
+fn default_domain() -> String {
+    "cytu.be".into()
+}
+fn default_service_name() -> String {
+    "llm".into()
+}
+
+/// `http:`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for /health and /metrics.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// `llm:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmConfig {
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Lines said, in rotation, when the LLM fails; empty means silence.
+    pub fallback_responses: Vec<String>,
+    /// Budget over all channels.
+    pub budget: GlobalBudget,
+}
+
+/// One OpenAI-compatible endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Model name.
+    pub model: String,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Completion token cap.
+    pub max_tokens: u32,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries on connect error, 5xx and 429.
+    pub retries: u32,
+    /// Prices, for spend reports.
+    pub price_per_million: Price,
+    /// Circuit breaker settings.
+    pub breaker: Breaker,
+}
+
+/// One channel, with `defaults` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelConfig {
+    /// CyTube channel name as the robot is configured.
+    pub name: String,
+    /// Providers in fallback order.
+    pub providers: Vec<String>,
+    /// The system prompt.
+    pub system_prompt: String,
+    /// Context window.
+    pub context: ContextConfig,
+    /// When to speak.
+    pub triggers: TriggersConfig,
+    /// How often to speak.
+    pub limits: LimitsConfig,
+    /// What may be said.
+    pub response: ResponseConfig,
+    /// Users never answered and never put in context (lower-cased).
+    pub ignore_users: Vec<String>,
+    /// Back-and-forth with another account that looks like a bot loop.
+    pub loop_guard: LoopGuardConfig,
+    /// Growing personal cooldown for users who keep hitting limits.
+    pub penalty: PenaltyConfig,
+    /// Token budget of the channel (0 = unlimited).
+    pub budget: BudgetConfig,
+}
+
+/// `loop_guard:`: after `max_exchanges` quick exchanges with one account, back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopGuardConfig {
+    /// Exchanges allowed within `window` before backing off.
+    pub max_exchanges: u32,
+    /// How close an answer to our reply must be to count as an exchange.
+    pub window: Duration,
+    /// First backoff; doubles for each further loop with the same account.
+    pub backoff: Duration,
+}
+
+/// `penalty:`: a user's cooldown after hitting limits, doubling per strike up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PenaltyConfig {
+    /// First penalty (0s disables penalties).
+    pub base: Duration,
+    /// Longest penalty.
+    pub max: Duration,
+}
+
+/// `budget:`: tokens the channel may spend (0 = no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetConfig {
+    /// Tokens (prompt + completion) in any hour.
+    pub tokens_per_hour: u64,
+    /// Tokens in any 24 hours.
+    pub tokens_per_day: u64,
+    /// Whether PM replies are subject to the budget too.
+    pub include_pms: bool,
+}
+
+/// `context:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextConfig {
+    /// Lines kept.
+    pub max_messages: usize,
+    /// Lines older than this are dropped.
+    pub max_age: Duration,
+}
+
+/// `triggers:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggersConfig {
+    /// The bot's name or an alias.
+    pub mention: MentionConfig,
+    /// Keyword groups, in order.
+    pub keywords: Vec<KeywordConfig>,
+    /// Periodic participation.
+    pub contextual: ContextualConfig,
+    /// Private messages.
+    pub pm_enabled: bool,
+    /// New media.
+    pub media_change: MediaChangeConfig,
+}
+
+/// `triggers.mention:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct MentionConfig {
+    /// On or off.
+    pub enabled: bool,
+    /// Chance to answer.
+    pub probability: f64,
+    /// Quiet time after firing.
+    pub cooldown: Duration,
+}
+
+/// One `triggers.keywords[]` group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeywordConfig {
+    /// Words or phrases, matched case-insensitively as whole words.
+    pub words: Vec<String>,
+    /// Chance to answer.
+    pub probability: f64,
+    /// Quiet time after firing.
+    pub cooldown: Duration,
+}
+
+/// `triggers.contextual:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextualConfig {
+    /// On or off.
+    pub enabled: bool,
+    /// Period of the participation check.
+    pub every: Duration,
+    /// New lines needed since the previous check.
+    pub min_new_messages: usize,
+    /// Chance to ask.
+    pub probability: f64,
+}
+
+/// `triggers.media_change:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaChangeConfig {
+    /// On or off.
+    pub enabled: bool,
+    /// Chance to comment.
+    pub probability: f64,
+}
+
+/// `limits:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Replies to one user.
+    pub per_user: WindowConfig,
+    /// Replies in the channel.
+    pub per_channel: WindowConfig,
+    /// Minimum gap between two replies in the channel.
+    pub global_cooldown: Duration,
+    /// Minimum gap between two media comments.
+    pub media_change_cooldown: Duration,
+    /// Concurrent LLM requests for the channel.
+    pub max_in_flight: u32,
+    /// Minimum gap between two sends to the channel.
+    pub send_spacing: Duration,
+}
+
+/// A sliding window: at most `max` in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Count allowed.
+    pub max: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+/// `response:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseConfig {
+    /// Cap in UTF-16 code units (CyTube's unit).
+    pub max_length: usize,
+    /// A long reply may be split into up to this many messages.
+    pub max_parts: usize,
+    /// Remove markdown syntax.
+    pub strip_markdown: bool,
+    /// A reply matching one is dropped.
+    pub block_patterns: Vec<Pattern>,
+    /// A reply containing one (whole word, case-insensitive) is dropped.
+    pub block_keywords: Vec<String>,
+    /// A reply equal to one of the last N is dropped.
+    pub dedupe_window: usize,
+}
+
+impl Config {
+    /// The channel with this name, compared case-insensitively.
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+    }
+}

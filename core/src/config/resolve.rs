@@ -1,0 +1,261 @@
+//! Stage two: layers each channel over `defaults` over the built-in defaults and turns
+//! the raw model into the validated [`Config`], with the cross-field checks serde cannot
+//! do (known providers, unique channel names, non-empty groups), each located in the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::locate::Locator;
+use super::raw::*;
+use super::*;
+
+impl Config {
+    /// Parses and validates YAML text. `origin` names the text in errors (the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let at = Locator { text, origin };
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| at.yaml(e))?;
+        let builtin_at = Locator { text: BUILTIN_DEFAULTS, origin: "<built-in defaults>" };
+        let builtin: RawChannel =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(BUILTIN_DEFAULTS))
+                .map_err(|e| builtin_at.yaml(e))?;
+
+        if raw.bot.name.trim().is_empty() {
+            return Err(at.key("bot.name", "name", "", 0, "the bot's account name must not be empty"));
+        }
+        if raw.defaults.name.is_some() {
+            return Err(at.key("defaults.name", "name", "", 0, "a name belongs to a channel, not to defaults"));
+        }
+        let nats = resolve_nats(raw.nats, &at)?;
+        let llm = resolve_llm(raw.llm, &at)?;
+        if raw.channels.is_empty() {
+            return Err(ConfigError::Unlocated {
+                file: origin.into(),
+                path: "channels".into(),
+                message: "at least one channel is required".into(),
+            });
+        }
+        let defaults = raw.defaults.over(builtin);
+        let mut seen = BTreeSet::new();
+        let mut names: Vec<String> = vec![raw.bot.name.clone()];
+        let mut channels = Vec::with_capacity(raw.channels.len());
+        for (i, ch) in raw.channels.into_iter().enumerate() {
+            let path = format!("channels[{i}]");
+            let Some(name) = ch.name.clone().filter(|n| !n.trim().is_empty()) else {
+                return Err(ConfigError::Unlocated {
+                    file: origin.into(),
+                    path: format!("{path}.name"),
+                    message: "every channel needs a name".into(),
+                });
+            };
+            if !seen.insert(name.to_lowercase()) {
+                // Lines before this one that also show `name: …<name>…`.
+                let nth = names.iter().filter(|n| n.contains(name.as_str())).count();
+                return Err(at.key(
+                    &format!("{path}.name"),
+                    "name",
+                    &name,
+                    nth,
+                    &format!("channel `{name}` is listed twice"),
+                ));
+            }
+            names.push(name.clone());
+            let merged = ch.over(defaults.clone());
+            channels.push(resolve_channel(name, merged, &path, &llm, &at)?);
+        }
+        let ha = HaConfig {
+            enabled: raw.ha.enabled,
+            bucket: raw.ha.bucket.0,
+            lease_ttl: raw.ha.lease_ttl.0,
+            instance: raw.ha.instance.unwrap_or_default(),
+        };
+        Ok(Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run, ha })
+    }
+}
+
+fn resolve_nats(raw: RawNats, at: &Locator) -> Result<NatsConfig, ConfigError> {
+    if raw.servers.is_empty() {
+        return Err(at.key("nats.servers", "servers", "", 0, "at least one NATS server URL is required"));
+    }
+    Ok(NatsConfig {
+        servers: raw.servers,
+        user: raw.user,
+        password_env: raw.password_env,
+        token_env: raw.token_env,
+        creds_file: raw.creds_file,
+        tls: raw.tls,
+        connect_timeout: raw.connect_timeout.0,
+        subjects: raw.subjects,
+        commands: raw.commands,
+        outbound_queue: raw.outbound_queue,
+    })
+}
+
+fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
+    let mut providers = BTreeMap::new();
+    for (name, p) in raw.providers {
+        if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+            return Err(at.key(
+                &format!("llm.providers.{name}.base_url"),
+                "base_url",
+                &p.base_url,
+                0,
+                "base_url must start with http:// or https://",
+            ));
+        }
+        providers.insert(
+            name,
+            ProviderConfig {
+                base_url: p.base_url.trim_end_matches('/').to_owned(),
+                api_key_env: p.api_key_env,
+                model: p.model,
+                temperature: p.temperature,
+                max_tokens: p.max_tokens,
+                timeout: p.timeout.0,
+                retries: p.retries,
+                price_per_million: p.price_per_million,
+                breaker: p.breaker,
+            },
+        );
+    }
+    Ok(LlmConfig { providers, fallback_responses: raw.fallback_responses, budget: raw.budget })
+}
+
+/// Takes a field that the built-in defaults always provide.
+fn need<T>(v: Option<T>, path: &str, origin: &str) -> Result<T, ConfigError> {
+    v.ok_or_else(|| ConfigError::Unlocated {
+        file: origin.into(),
+        path: path.into(),
+        message: "missing value (and no built-in default)".into(),
+    })
+}
+
+fn resolve_channel(
+    name: String,
+    raw: RawChannel,
+    path: &str,
+    llm: &LlmConfig,
+    at: &Locator,
+) -> Result<ChannelConfig, ConfigError> {
+    let o = at.origin;
+    let providers = need(raw.provider, &format!("{path}.provider"), o)?.0;
+    for p in &providers {
+        if !llm.providers.contains_key(p) {
+            let known: Vec<_> = llm.providers.keys().map(String::as_str).collect();
+            let hint = if known.is_empty() {
+                "no providers are defined under llm.providers".to_string()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
+            return Err(at.key(
+                &format!("{path}.provider"),
+                "provider",
+                p,
+                0,
+                &format!("unknown provider `{p}` ({hint})"),
+            ));
+        }
+    }
+    let ctx = need(raw.context, &format!("{path}.context"), o)?;
+    let tr = need(raw.triggers, &format!("{path}.triggers"), o)?;
+    let mention = need(tr.mention, &format!("{path}.triggers.mention"), o)?;
+    let contextual = need(tr.contextual, &format!("{path}.triggers.contextual"), o)?;
+    let media = need(tr.media_change, &format!("{path}.triggers.media_change"), o)?;
+    let pm = need(tr.pm, &format!("{path}.triggers.pm"), o)?;
+    let keywords = need(tr.keywords, &format!("{path}.triggers.keywords"), o)?;
+    for (k, kw) in keywords.iter().enumerate() {
+        if kw.words.iter().all(|w| w.trim().is_empty()) {
+            return Err(at.key(
+                &format!("{path}.triggers.keywords[{k}].words"),
+                "words",
+                "",
+                0,
+                "a keyword group needs at least one word",
+            ));
+        }
+    }
+    let lim = need(raw.limits, &format!("{path}.limits"), o)?;
+    let window = |w: Option<RawWindow>, p: &str| -> Result<WindowConfig, ConfigError> {
+        let w = need(w, p, o)?;
+        Ok(WindowConfig {
+            max: need(w.max, &format!("{p}.max"), o)?.get(),
+            window: need(w.window, &format!("{p}.window"), o)?.0,
+        })
+    };
+    let resp = need(raw.response, &format!("{path}.response"), o)?;
+    Ok(ChannelConfig {
+        name,
+        providers,
+        system_prompt: need(raw.system_prompt, &format!("{path}.system_prompt"), o)?,
+        context: ContextConfig {
+            max_messages: need(ctx.max_messages, &format!("{path}.context.max_messages"), o)?.get(),
+            max_age: need(ctx.max_age, &format!("{path}.context.max_age"), o)?.0,
+        },
+        triggers: TriggersConfig {
+            mention: MentionConfig {
+                enabled: need(mention.enabled, "mention.enabled", o)?,
+                probability: need(mention.probability, "mention.probability", o)?.0,
+                cooldown: need(mention.cooldown, "mention.cooldown", o)?.0,
+            },
+            keywords: keywords
+                .into_iter()
+                .map(|k| KeywordConfig {
+                    words: k.words.into_iter().filter(|w| !w.trim().is_empty()).collect(),
+                    probability: k.probability.map_or(1.0, |p| p.0),
+                    cooldown: k.cooldown.map_or(Duration::ZERO, |d| d.0),
+                })
+                .collect(),
+            contextual: ContextualConfig {
+                enabled: need(contextual.enabled, "contextual.enabled", o)?,
+                every: need(contextual.every, "contextual.every", o)?.0,
+                min_new_messages: need(contextual.min_new_messages, "contextual.min_new_messages", o)?,
+                probability: need(contextual.probability, "contextual.probability", o)?.0,
+            },
+            pm_enabled: need(pm.enabled, "pm.enabled", o)?,
+            media_change: MediaChangeConfig {
+                enabled: need(media.enabled, "media_change.enabled", o)?,
+                probability: need(media.probability, "media_change.probability", o)?.0,
+            },
+        },
+        limits: LimitsConfig {
+            per_user: window(lim.per_user, &format!("{path}.limits.per_user"))?,
+            per_channel: window(lim.per_channel, &format!("{path}.limits.per_channel"))?,
+            global_cooldown: need(lim.global_cooldown, "limits.global_cooldown", o)?.0,
+            media_change_cooldown: need(lim.media_change_cooldown, "limits.media_change_cooldown", o)?.0,
+            max_in_flight: need(lim.max_in_flight, "limits.max_in_flight", o)?.get(),
+            send_spacing: need(lim.send_spacing, "limits.send_spacing", o)?.0,
+        },
+        response: ResponseConfig {
+            max_length: need(resp.max_length, "response.max_length", o)?.0,
+            max_parts: need(resp.max_parts, "response.max_parts", o)?.get(),
+            strip_markdown: need(resp.strip_markdown, "response.strip_markdown", o)?,
+            block_patterns: need(resp.block_patterns, "response.block_patterns", o)?,
+            block_keywords: need(resp.block_keywords, "response.block_keywords", o)?,
+            dedupe_window: need(resp.dedupe_window, "response.dedupe_window", o)?,
+        },
+        loop_guard: {
+            let g = need(raw.loop_guard, &format!("{path}.loop_guard"), o)?;
+            LoopGuardConfig {
+                max_exchanges: need(g.max_exchanges, "loop_guard.max_exchanges", o)?.get(),
+                window: need(g.window, "loop_guard.window", o)?.0,
+                backoff: need(g.backoff, "loop_guard.backoff", o)?.0,
+            }
+        },
+        penalty: {
+            let p = need(raw.penalty, &format!("{path}.penalty"), o)?;
+            PenaltyConfig { base: need(p.base, "penalty.base", o)?.0, max: need(p.max, "penalty.max", o)?.0 }
+        },
+        budget: {
+            let b = need(raw.budget, &format!("{path}.budget"), o)?;
+            BudgetConfig {
+                tokens_per_hour: need(b.tokens_per_hour, "budget.tokens_per_hour", o)?,
+                tokens_per_day: need(b.tokens_per_day, "budget.tokens_per_day", o)?,
+                include_pms: need(b.include_pms, "budget.include_pms", o)?,
+            }
+        },
+        ignore_users: need(raw.ignore_users, &format!("{path}.ignore_users"), o)?
+            .into_iter()
+            .map(|u| u.to_lowercase())
+            .collect(),
+    })
+}
