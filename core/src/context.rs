@@ -91,6 +91,50 @@ impl Context {
     }
 }
 
+/// PM conversations remembered per channel.
+const MAX_PM_THREADS: usize = 64;
+
+/// The private conversations with each user, by lower-cased name: each a [`Context`]
+/// with the channel's bounds. At most `MAX_PM_THREADS`; a new one pushes out the one
+/// that has been quiet longest.
+#[derive(Debug, Clone, Default)]
+pub struct PmThreads {
+    threads: std::collections::BTreeMap<String, Context>,
+}
+
+impl PmThreads {
+    /// The conversation with `user_lc`, created with these bounds, expired at `now`.
+    pub fn thread(&mut self, user_lc: &str, now: Millis, max_messages: usize, max_age: Duration) -> &mut Context {
+        if !self.threads.contains_key(user_lc) && self.threads.len() >= MAX_PM_THREADS {
+            if let Some(oldest) =
+                self.threads.iter().min_by_key(|(_, t)| t.last_at().unwrap_or(Millis::ZERO)).map(|(k, _)| k.clone())
+            {
+                self.threads.remove(&oldest);
+            }
+        }
+        let thread = self.threads.entry(user_lc.to_owned()).or_insert_with(|| Context::new(max_messages, max_age));
+        thread.expire(now);
+        thread
+    }
+
+    /// The conversation with `user_lc`, if any.
+    pub fn get(&self, user_lc: &str) -> Option<&Context> {
+        self.threads.get(user_lc)
+    }
+
+    /// Applies new bounds to every conversation (config reload).
+    pub fn resize(&mut self, max_messages: usize, max_age: Duration) {
+        for t in self.threads.values_mut() {
+            t.resize(max_messages, max_age);
+        }
+    }
+
+    /// Forgets every conversation.
+    pub fn clear(&mut self) {
+        self.threads.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +162,19 @@ mod tests {
         assert_eq!(c.lines().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["mid", "new"]);
         c.expire(Millis(200_000));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_new_pm_thread_beyond_the_bound_replaces_the_quietest() {
+        let mut t = PmThreads::default();
+        let age = Duration::from_secs(3_600);
+        for i in 0..MAX_PM_THREADS as u64 {
+            t.thread(&format!("u{i}"), Millis(i), 5, age).push(line(1_000 + i, "hi"));
+        }
+        t.thread("u0", Millis(2_000), 5, age).push(line(2_000, "again"));
+        t.thread("new", Millis(2_001), 5, age);
+        assert!(t.get("u1").is_none(), "u1 had been quiet longest");
+        assert!(t.get("u0").is_some() && t.get("new").is_some());
     }
 
     #[test]

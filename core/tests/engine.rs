@@ -338,8 +338,11 @@ fn a_lost_llm_answer_never_stalls_the_channel() {
     let lost = bot.last_call();
     bot.say("b", "kryten??");
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::MaxInFlight]);
-    // default provider: 30 s x 3 attempts + 2 s backoff + 10 s slack
-    bot.wait(102_000);
+    // default provider: 30 s x 3 attempts + up to 30 s (Retry-After) before each of the
+    // 2 retries + 10 s slack: the client's own retry schedule.
+    bot.wait(159_000);
+    assert!(!bot.effects.contains(&Effect::CancelLlm(lost.id)), "the client may still be retrying");
+    bot.wait(1_000);
     assert!(bot.effects.contains(&Effect::CancelLlm(lost.id)));
     assert_eq!(bot.reasons(Outcome::Dropped), [Reason::LlmFailed(LlmError::Timeout)]);
     bot.say("c", "kryten???");

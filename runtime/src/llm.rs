@@ -2,8 +2,8 @@
 //!
 //! Hand-written on purpose (it is small and ours): one pooled HTTP/1.1 client for every
 //! provider (HTTPS via rustls with ring, or plain HTTP), a timeout per attempt, bounded
-//! retries with exponential backoff on connect errors, 5xx and 429 (honouring
-//! `Retry-After`), a 1 MiB cap on response bodies, and failures mapped to the engine's
+//! retries on connect errors, 5xx and 429 on the schedule of
+//! `ProviderConfig::retry_delay` (exponential, honouring `Retry-After`), a 1 MiB cap on response bodies, and failures mapped to the engine's
 //! [`LlmError`] kinds. The API key is read from the environment once, kept in a
 //! sensitive header value, and never formatted into a log line or error.
 
@@ -25,10 +25,6 @@ use serde_json::json;
 
 /// Largest response body read; a bigger one is `Malformed`.
 const MAX_BODY: usize = 1024 * 1024;
-/// First retry delay; doubles each attempt.
-const BACKOFF: Duration = Duration::from_millis(250);
-/// A `Retry-After` longer than this is not waited for (the request fails instead).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// One provider, ready to call.
 struct Provider {
@@ -178,10 +174,11 @@ impl LlmClient {
             match attempt {
                 Attempt::Done(result) => return Outcome { result, elapsed: started.elapsed(), attempts },
                 Attempt::Retry { error, after } => {
-                    let delay = after.unwrap_or(BACKOFF * 2u32.saturating_pow(attempts - 1));
-                    if attempts > p.cfg.retries || delay > MAX_RETRY_AFTER {
+                    // The engine's deadline for this request is derived from the same
+                    // schedule (`ProviderConfig::worst_case`).
+                    let Some(delay) = p.cfg.retry_delay(attempts, after) else {
                         return Outcome { result: Err(error), elapsed: started.elapsed(), attempts };
-                    }
+                    };
                     tracing::debug!(
                         provider,
                         attempt = attempts,

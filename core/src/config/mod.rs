@@ -305,6 +305,34 @@ pub struct ProviderConfig {
     pub breaker: Breaker,
 }
 
+/// First wait before retrying a failed request; doubles with each further attempt.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest wait before a retry: a provider's `Retry-After` beyond it is not waited
+/// for (the request fails instead).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl ProviderConfig {
+    /// The wait before retry number `attempt` (1 = the first retry) after a failure worth
+    /// retrying, `retry_after` being what the provider asked for; `None`: give up. The
+    /// runtime's client follows this schedule and the engine's deadline is derived from
+    /// it ([`ProviderConfig::worst_case`]), so the two always agree.
+    pub fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if attempt == 0 || attempt > self.retries {
+            return None;
+        }
+        let delay = retry_after.unwrap_or(RETRY_BACKOFF.saturating_mul(2u32.saturating_pow(attempt - 1)));
+        (delay <= MAX_RETRY_AFTER).then_some(delay)
+    }
+
+    /// The longest one request can take: every attempt's timeout, plus the longest wait
+    /// [`ProviderConfig::retry_delay`] allows before each retry.
+    pub fn worst_case(&self) -> Duration {
+        let attempts = self.retries.saturating_add(1);
+        let waits = (1..=self.retries).map(|a| self.retry_delay(a, Some(MAX_RETRY_AFTER)).unwrap_or_default());
+        self.timeout.saturating_mul(attempts).saturating_add(waits.sum())
+    }
+}
+
 /// One channel, with `defaults` applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelConfig {

@@ -109,3 +109,17 @@ fn syntax_errors_carry_a_location() {
     assert!(e.starts_with("bot.yaml:"), "{e}");
     assert!(matches!(Config::parse("bot: [", "x.yaml"), Err(ConfigError::Invalid { .. })));
 }
+
+#[test]
+fn the_retry_schedule_doubles_honours_retry_after_and_bounds_the_deadline() {
+    let c = Config::parse(MINIMAL, "bot.yaml").unwrap();
+    let p = &c.llm.providers["main"];
+    assert_eq!(p.retries, 2);
+    assert_eq!(p.retry_delay(1, None), Some(RETRY_BACKOFF));
+    assert_eq!(p.retry_delay(2, None), Some(RETRY_BACKOFF * 2));
+    assert_eq!(p.retry_delay(3, None), None, "no retry past `retries`");
+    assert_eq!(p.retry_delay(1, Some(Duration::from_secs(7))), Some(Duration::from_secs(7)));
+    assert_eq!(p.retry_delay(1, Some(MAX_RETRY_AFTER + Duration::from_millis(1))), None);
+    // Every attempt's timeout plus the longest allowed wait before each retry.
+    assert_eq!(p.worst_case(), p.timeout * 3 + MAX_RETRY_AFTER * 2);
+}
