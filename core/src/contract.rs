@@ -146,6 +146,11 @@ pub enum Effect {
     Decision(Decision),
     /// A lease-bucket operation (`ha`); most are answered with [`Input::Lease`].
     Lease(crate::lease::LeaseOp),
+    /// Announce that this instance is alive: a Kryten lifecycle heartbeat
+    /// (`kryten.lifecycle.{service}.heartbeat`). With `ha`, the other instances count
+    /// live peers by it. Comes every [`crate::engine::HEARTBEAT`], or every lease renewal
+    /// period when that is shorter.
+    Heartbeat,
     /// After [`Input::Shutdown`]: nothing is in flight or queued any more.
     ShutdownComplete,
 }

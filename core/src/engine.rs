@@ -7,8 +7,10 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
 use crate::budget::Ledger;
+pub use crate::channel::RECENT_DECISIONS;
 use crate::channel::{Channel, ChannelStats, ChannelStatus, CompileCache, Env};
 use crate::config::Config;
 use crate::contract::{Decision, Effect, Input, Outcome, Reason};
@@ -16,6 +18,9 @@ use crate::event::{self, Event};
 use crate::lease::{Intent, LeaseOp, LeaseStats, Leases, LimitSnapshot, Transition};
 use crate::time::Millis;
 use crate::timer::{TimerKey, Timers};
+
+/// Kryten's lifecycle heartbeat period (kryten-py sends one every 30 s).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// The step context a channel works in, borrowed field by field from the engine (so a
 /// channel can be borrowed mutably at the same time).
@@ -88,7 +93,14 @@ impl Engine {
             outages: VecDeque::new(),
         };
         engine.apply_config(config);
+        engine.timers.arm(TimerKey::Heartbeat, now.after(engine.heartbeat_every()));
         engine
+    }
+
+    /// How often this instance says it is alive: with `ha`, peers must hear it at least
+    /// once per lease renewal period.
+    fn heartbeat_every(&self) -> Duration {
+        self.ha.as_ref().map_or(HEARTBEAT, |h| h.renew_every().min(HEARTBEAT))
     }
 
     /// Feeds one input at time `now`. Afterwards drain [`Engine::poll_effect`] until it
@@ -156,6 +168,14 @@ impl Engine {
             self.shutdown_reported = true;
             self.effects.push_back(Effect::ShutdownComplete);
         }
+    }
+
+    /// Feeds one input and hands back every effect it produced, in order: the drain rule
+    /// in one call. Both shells (the daemon and the simulator) step the engine with this,
+    /// so they cannot follow different rules.
+    pub fn step(&mut self, now: Millis, input: Input) -> std::collections::vec_deque::Drain<'_, Effect> {
+        self.handle(now, input);
+        self.effects.drain(..)
     }
 
     /// The next effect to execute, in order.
@@ -325,6 +345,10 @@ impl Engine {
                 TimerKey::SendSpacing(slot) => self.with_channel(slot, Channel::flush),
                 TimerKey::LlmDeadline(id) => self.with_channel((id.0 >> 32) as u32, |ch, env| ch.on_deadline(env, id)),
                 TimerKey::Leases => self.lease_tick(),
+                TimerKey::Heartbeat => {
+                    self.effects.push_back(Effect::Heartbeat);
+                    self.timers.arm(TimerKey::Heartbeat, self.now.after(self.heartbeat_every()));
+                }
             }
             budget -= 1;
             if budget == 0 {

@@ -294,7 +294,8 @@ impl Leases {
         }
     }
 
-    fn renew_every(&self) -> Duration {
+    /// How often an owned lease is renewed (a third of the TTL).
+    pub fn renew_every(&self) -> Duration {
         self.ttl / 3
     }
 

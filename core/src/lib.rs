@@ -16,8 +16,11 @@
 //! 2. drain [`Engine::poll_effect`] until it returns `None`, executing each effect;
 //! 3. sleep until [`Engine::poll_timeout`] (or the next input), then go to 1.
 //!
-//! Same config, seed and inputs (with the same `now`s) give the same effects, byte for
-//! byte.
+//! [`Engine::step`] is steps 1 and 2 in one call; the daemon and the simulator both step
+//! the engine with it, one input at a time, so neither can batch inputs before draining
+//! (a test runs the real daemon and the simulator on the same events and compares their
+//! decisions). Same config, seed and inputs (with the same `now`s) give the same
+//! effects, byte for byte.
 #![warn(missing_docs)]
 
 pub mod budget;
@@ -25,7 +28,7 @@ mod channel;
 pub mod config;
 pub mod context;
 pub mod contract;
-mod engine;
+pub mod engine;
 pub mod event;
 pub mod html;
 pub mod lease;

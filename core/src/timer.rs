@@ -20,6 +20,8 @@ pub enum TimerKey {
     LlmDeadline(RequestId),
     /// Lease upkeep (`ha`): renewals, saves, expiry, acquisition attempts.
     Leases,
+    /// The next lifecycle heartbeat ([`crate::Effect::Heartbeat`]).
+    Heartbeat,
 }
 
 /// Deadlines by key, ordered by time.

@@ -100,7 +100,7 @@ fn run(max_exchanges: u32, minutes: u64, pokes: &[u64]) -> [Vec<chatbot_core::De
                         }
                     }
                     Effect::Decision(d) => decisions[side].push(d),
-                    Effect::CancelLlm(_) | Effect::Lease(_) | Effect::ShutdownComplete => {}
+                    Effect::CancelLlm(_) | Effect::Lease(_) | Effect::Heartbeat | Effect::ShutdownComplete => {}
                 }
             }
         }

@@ -13,7 +13,7 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use chatbot_core::event::{self, Event};
-use chatbot_core::{Config, Effect, Input, Millis, Outcome};
+use chatbot_core::{Config, ConfigError, Effect, Input, Millis, Outcome};
 use chatbot_sim::corpus::{self, BadLine};
 use chatbot_sim::{Faults, Responder, Sim, TraceItem, Traced};
 
@@ -29,13 +29,14 @@ llm:
 "#;
 
 /// Builds the default config for a corpus: every channel that appears in it.
-pub fn default_config(channels: &[String]) -> Result<Config, String> {
+pub fn default_config(channels: &[String]) -> Result<Config, ConfigError> {
     let mut yaml = DEFAULT_CONFIG.to_string();
     yaml.push_str("channels:\n");
     for ch in channels {
-        yaml.push_str(&format!("  - name: {}\n", serde_json::to_string(ch).map_err(|e| e.to_string())?));
+        // A JSON string is a YAML scalar: any channel name, quoted and escaped.
+        yaml.push_str(&format!("  - name: {}\n", serde_json::Value::String(ch.clone())));
     }
-    Config::parse(&yaml, "<built-in replay config>").map_err(|e| e.to_string())
+    Config::parse(&yaml, "<built-in replay config>")
 }
 
 /// Channel names found in a corpus, in order of first appearance.
@@ -131,7 +132,9 @@ impl Report {
                 TraceItem::Effect(Effect::Publish(cmd)) => self.published(t.at, cmd),
                 TraceItem::Effect(Effect::CallLlm(call)) => self.called(call),
                 TraceItem::Answered { id, provider, result } => self.answered(*id, provider, result),
-                TraceItem::Effect(Effect::CancelLlm(_) | Effect::Lease(_) | Effect::ShutdownComplete) => {}
+                TraceItem::Effect(
+                    Effect::CancelLlm(_) | Effect::Lease(_) | Effect::Heartbeat | Effect::ShutdownComplete,
+                ) => {}
             }
         }
     }

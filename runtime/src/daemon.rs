@@ -1,11 +1,14 @@
 //! `llm-chatbot run`: the event loop that feeds the engine and executes its effects.
 //!
-//! One task owns the [`Engine`]. It waits on everything that can happen (a NATS event,
-//! an LLM answer, the engine's next timer, a connection change, a signal, a service
-//! request, the heartbeat and health-refresh ticks), hands it to the engine, then drains
-//! the effects (the engine's drain rule). LLM requests run as their own tasks, so a slow
-//! provider never delays NATS handling or other channels. No decision is made here: which
-//! event matters, whether to speak and what to say all belong to the engine.
+//! One task owns the [`Engine`] inside [`Daemon`]. The loop waits on everything that can
+//! happen (a NATS event, an LLM answer, the engine's next timer, a connection change, a
+//! signal, a service request, the health-refresh tick); each `select!` arm calls one
+//! `Daemon` method, and every input reaches the engine through [`Daemon::feed`], which
+//! drains the engine's effects right after each `handle` (the engine's drain rule, the
+//! same one the simulator follows). LLM requests run as their own tasks, so a slow
+//! provider never delays NATS handling or other channels. No decision is made here:
+//! which event matters, whether to speak, what to say and when to announce ourselves all
+//! belong to the engine.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -18,35 +21,35 @@ use async_nats::{Client, Subscriber};
 use chatbot_core::{Config, Effect, Engine, Input, Millis, RequestId};
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, StreamExt};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::ha::{self, Ha};
 use crate::http::{self, Shared};
-use crate::kryten::{self, Identity};
+use crate::kryten::{self, Identity, ServiceCommand, ServiceRequest};
 use crate::llm::{LlmClient, Outcome};
 use crate::metrics::Metrics;
 use crate::nats;
+use crate::{load_config, LoadError};
 
 /// How long SIGTERM waits for in-flight requests and queued replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long a reload waits for in-flight requests before swapping anyway.
 const RELOAD_GRACE: Duration = Duration::from_secs(5);
-/// Kryten's heartbeat period.
-const HEARTBEAT: Duration = Duration::from_secs(30);
 /// At most this many waiting events are handled before the loop looks at anything else
 /// (replies included): bounds the delay a flood adds to a reply to well under 0.1 ms.
 const EVENT_BATCH: usize = 32;
 /// How stale /health may be.
 const HEALTH_REFRESH: Duration = Duration::from_millis(250);
 
-/// Why the daemon could not start (exit code 1, one line on stderr).
+/// Why the daemon (or the recorder) could not start (exit code 1, one line on stderr).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The config file is unreadable or invalid.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] LoadError),
     /// NATS could not be reached.
     #[error(transparent)]
     Nats(#[from] nats::NatsError),
@@ -72,12 +75,27 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// A signal handler could not be installed.
+    #[error("cannot install the {signal} handler: {reason}")]
+    Signal {
+        /// `SIGHUP`, `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// An output file (`record -o`) cannot be written.
+    #[error("{path}: cannot write: {reason}")]
+    Output {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-/// Reads and validates the config file.
-pub fn load_config(path: &std::path::Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    Config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
+/// Installs a handler for `kind`, named `name` in the error.
+pub(crate) fn handler(kind: SignalKind, name: &'static str) -> Result<Signal, StartError> {
+    signal(kind).map_err(|e| StartError::Signal { signal: name, reason: e.to_string() })
 }
 
 /// Epoch milliseconds from a monotonic clock anchored once at start.
@@ -171,12 +189,14 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Everything the loop owns besides the engine.
+/// Everything the loop owns: the engine and the state of executing its effects.
 struct Daemon {
+    engine: Engine,
     config_path: PathBuf,
     clock: Clock,
     started: Instant,
     client: Client,
+    subs: Subscriptions,
     llm: Arc<LlmClient>,
     llm_tx: mpsc::UnboundedSender<(RequestId, String, Outcome)>,
     in_flight: HashMap<RequestId, AbortHandle>,
@@ -185,13 +205,23 @@ struct Daemon {
     http_port: u16,
     request_seq: u64,
     request_salt: u64,
-    shutdown_done: bool,
     /// Leases when `ha.enabled`.
     ha: Option<Ha>,
+    connected: bool,
+    reconnects: u64,
+    seen_first_connect: bool,
+    /// A reload waiting for in-flight requests (at most until the instant).
+    pending_reload: Option<(Config, Instant)>,
+    /// Set by SIGTERM/SIGINT: when the grace period ends.
+    shutdown_deadline: Option<tokio::time::Instant>,
+    shutdown_reason: &'static str,
+    /// The engine reported that nothing is in flight or queued after a shutdown.
+    shutdown_done: bool,
 }
 
 impl Daemon {
-    fn identity<'a>(&'a self, config: &'a Config) -> Identity<'a> {
+    fn identity(&self) -> Identity<'_> {
+        let config = self.engine.config();
         Identity {
             service: &config.kryten.service_name,
             version: env!("CARGO_PKG_VERSION"),
@@ -201,92 +231,263 @@ impl Daemon {
         }
     }
 
-    async fn lifecycle(&self, config: &Config, kind: &str, reason: Option<&str>) {
-        let (subject, body) = kryten::lifecycle(
-            &self.identity(config),
-            kind,
-            self.clock.now(),
-            self.started.elapsed().as_secs_f64(),
-            reason,
-        );
+    async fn lifecycle(&self, kind: &str, reason: Option<&str>) {
+        let (subject, body) =
+            kryten::lifecycle(&self.identity(), kind, self.clock.now(), self.started.elapsed().as_secs_f64(), reason);
         if let Err(e) = self.client.publish(subject, body.into()).await {
             tracing::warn!(error = %e, kind, "cannot publish lifecycle event");
         }
     }
 
-    /// Executes every effect the engine has queued (the drain rule).
-    async fn drain(&mut self, engine: &mut Engine) {
-        while let Some(effect) = engine.poll_effect() {
-            match effect {
-                Effect::CallLlm(call) => {
-                    let llm = self.llm.clone();
-                    let tx = self.llm_tx.clone();
-                    let (id, provider) = (call.id, call.provider.clone());
-                    tracing::debug!(channel = %call.channel, request = %id, provider, messages = ?call.messages, "llm call");
-                    let task = tokio::spawn(async move {
-                        let outcome = llm.complete(&call.provider, &call.messages).await;
-                        let _ = tx.send((call.id, call.provider, outcome));
-                    });
-                    self.in_flight.insert(id, task.abort_handle());
-                    self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+    /// Hands one input to the engine and executes what it asks for: the drain rule.
+    async fn feed(&mut self, input: Input) {
+        // Collected first: executing an effect needs the daemon (and reads the engine).
+        // Most events produce none, and an empty Vec does not allocate.
+        let effects: Vec<Effect> = self.engine.step(self.clock.now(), input).collect();
+        for effect in effects {
+            self.execute(effect).await;
+        }
+    }
+
+    async fn execute(&mut self, effect: Effect) {
+        match effect {
+            Effect::CallLlm(call) => {
+                let llm = self.llm.clone();
+                let tx = self.llm_tx.clone();
+                let (id, provider) = (call.id, call.provider.clone());
+                tracing::debug!(channel = %call.channel, request = %id, provider, messages = ?call.messages, "llm call");
+                let task = tokio::spawn(async move {
+                    let outcome = llm.complete(&call.provider, &call.messages).await;
+                    let _ = tx.send((call.id, call.provider, outcome));
+                });
+                self.in_flight.insert(id, task.abort_handle());
+                self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+            }
+            Effect::CancelLlm(id) => {
+                if let Some(task) = self.in_flight.remove(&id) {
+                    task.abort();
                 }
-                Effect::CancelLlm(id) => {
-                    if let Some(task) = self.in_flight.remove(&id) {
-                        task.abort();
-                    }
-                    self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+                self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+            }
+            Effect::Publish(cmd) => {
+                let config = self.engine.config();
+                self.request_seq += 1;
+                let request_id = request_id(self.request_salt, self.request_seq);
+                let (subject, body) = kryten::command_message(
+                    config.nats.commands,
+                    &cmd,
+                    &config.kryten.domain,
+                    &config.kryten.service_name,
+                    self.clock.now(),
+                    &request_id,
+                );
+                tracing::debug!(channel = %cmd.channel, text = cmd.kind.text(), "publishing");
+                if config.dry_run {
+                    let kind = match cmd.kind {
+                        chatbot_core::CommandKind::Say { .. } => "say",
+                        chatbot_core::CommandKind::Pm { .. } => "pm",
+                    };
+                    tracing::info!(channel = %cmd.channel, kind, subject, "dry run: command not published");
+                    return;
                 }
-                Effect::Publish(cmd) => {
-                    let config = engine.config();
-                    self.request_seq += 1;
-                    let request_id = request_id(self.request_salt, self.request_seq);
-                    let (subject, body) = kryten::command_message(
-                        config.nats.commands,
-                        &cmd,
-                        &config.kryten.domain,
-                        &config.kryten.service_name,
-                        self.clock.now(),
-                        &request_id,
-                    );
-                    tracing::debug!(channel = %cmd.channel, text = cmd.kind.text(), "publishing");
-                    if config.dry_run {
-                        let kind = match cmd.kind {
-                            chatbot_core::CommandKind::Say { .. } => "say",
-                            chatbot_core::CommandKind::Pm { .. } => "pm",
-                        };
-                        tracing::info!(channel = %cmd.channel, kind, subject, "dry run: command not published");
-                        continue;
-                    }
-                    match self.client.publish(subject, body.into()).await {
-                        Ok(()) => self.shared.metrics.sent(&cmd.channel),
-                        Err(e) => tracing::warn!(channel = %cmd.channel, error = %e, "publish failed"),
-                    }
+                match self.client.publish(subject, body.into()).await {
+                    Ok(()) => self.shared.metrics.sent(&cmd.channel),
+                    Err(e) => tracing::warn!(channel = %cmd.channel, error = %e, "publish failed"),
                 }
-                Effect::Decision(d) => {
-                    self.shared.metrics.decision(&d);
-                    tracing::info!(
-                        target: "decision",
-                        at = d.at.0,
-                        channel = %d.channel,
-                        correlation_id = d.correlation_id.as_deref().unwrap_or(""),
-                        user = d.user.as_deref().unwrap_or(""),
-                        trigger = d.trigger.map_or("", |t| t.label()),
-                        outcome = d.outcome.label(),
-                        reason = d.reason.map_or("", |r| r.label()),
-                    );
+            }
+            Effect::Decision(d) => {
+                self.shared.metrics.decision(&d);
+                tracing::info!(
+                    target: "decision",
+                    at = d.at.0,
+                    channel = %d.channel,
+                    correlation_id = d.correlation_id.as_deref().unwrap_or(""),
+                    user = d.user.as_deref().unwrap_or(""),
+                    trigger = d.trigger.map_or("", |t| t.label()),
+                    outcome = d.outcome.label(),
+                    reason = d.reason.map_or("", |r| r.label()),
+                );
+            }
+            Effect::Lease(op) => {
+                tracing::debug!(?op, "lease op");
+                if let Some(ha) = &mut self.ha {
+                    ha.execute(op);
                 }
-                Effect::Lease(op) => {
-                    tracing::debug!(?op, "lease op");
-                    if let Some(ha) = &mut self.ha {
-                        ha.execute(op);
-                    }
-                }
-                Effect::ShutdownComplete => self.shutdown_done = true,
+            }
+            Effect::Heartbeat => self.lifecycle("heartbeat", None).await,
+            Effect::ShutdownComplete => self.shutdown_done = true,
+        }
+    }
+
+    /// A Kryten event, and (bounded) the ones already waiting behind it.
+    async fn on_events(&mut self, first: async_nats::Message) {
+        let event = |msg: async_nats::Message| Input::Event {
+            subject: Some(msg.subject.to_string()),
+            body: msg.payload.to_vec(),
+        };
+        self.feed(event(first)).await;
+        for _ in 1..EVENT_BATCH {
+            match self.subs.events.next().now_or_never() {
+                Some(Some(msg)) => self.feed(event(msg)).await,
+                _ => break,
             }
         }
     }
 
-    fn refresh_health(&self, engine: &Engine, connected: bool, reconnects: u64, shutting_down: bool) {
+    async fn on_llm_done(&mut self, id: RequestId, provider: String, outcome: Outcome) {
+        self.in_flight.remove(&id);
+        self.shared.metrics.in_flight.set(self.in_flight.len() as i64);
+        self.record_llm(&provider, &outcome);
+        self.feed(Input::LlmDone { id, result: outcome.result }).await;
+    }
+
+    async fn on_connection(&mut self, up: bool) {
+        if up {
+            if self.seen_first_connect && !self.connected {
+                self.reconnects += 1;
+                self.shared.metrics.reconnects.inc();
+                tracing::info!(reconnects = self.reconnects, "nats reconnected");
+            }
+            self.seen_first_connect = true;
+        } else {
+            tracing::warn!("nats connection lost; replies are held until it is back");
+        }
+        if up != self.connected {
+            self.connected = up;
+            self.feed(Input::Connection { up }).await;
+        }
+        self.refresh_health();
+    }
+
+    /// SIGHUP: read the file now; the swap waits for in-flight requests (`after_step`).
+    fn on_hangup(&mut self) {
+        match load_config(&self.config_path) {
+            Err(e) => tracing::error!(error = %e, "reload refused; keeping the running config"),
+            Ok(new) => {
+                tracing::info!(channels = new.channels.len(), "reload accepted");
+                self.pending_reload = Some((new, Instant::now() + RELOAD_GRACE));
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT: stop taking events and let what is in flight finish.
+    async fn on_stop(&mut self, reason: &'static str) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_reason = reason;
+        tracing::info!(
+            in_flight = self.in_flight.len(),
+            "shutting down: no new events; waiting for in-flight requests"
+        );
+        self.subs.stop();
+        self.shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+        self.feed(Input::Shutdown).await;
+    }
+
+    /// A request on `kryten.{service}.command`, answered on its reply subject. Operator
+    /// controls go to the engine as inputs; queries read it.
+    async fn on_service_request(&mut self, msg: async_nats::Message) {
+        use serde_json::{json, Value};
+        let req = ServiceRequest::parse(&msg.payload);
+        let service = self.engine.config().kryten.service_name.clone();
+        let known = |engine: &Engine, c: &Option<String>| c.as_ref().filter(|c| engine.has_channel(c)).cloned();
+        let unknown = |c: &Option<String>| format!("unknown channel: {}", c.as_deref().unwrap_or_default());
+        let body = match &req.command {
+            ServiceCommand::Control { channel, action } => match known(&self.engine, channel) {
+                None => req.fail(&service, &unknown(channel)),
+                Some(ch) => {
+                    tracing::info!(channel = %ch, command = req.name, "operator control");
+                    self.feed(Input::Control { channel: ch.clone(), action: *action }).await;
+                    req.ok(&service, json!({"channel": ch, "muted": self.engine.is_muted(&ch)}))
+                }
+            },
+            ServiceCommand::RecentDecisions { channel, limit } => match known(&self.engine, channel) {
+                None => req.fail(&service, &unknown(channel)),
+                Some(ch) => {
+                    req.ok(&service, json!({"channel": ch, "decisions": self.engine.recent_decisions(&ch, *limit)}))
+                }
+            },
+            ServiceCommand::BudgetStatus => {
+                let engine = &self.engine;
+                let (hour, day) = engine.spend();
+                let config = engine.config();
+                let channels: Vec<Value> = engine
+                    .status()
+                    .into_iter()
+                    .map(|c| {
+                        let b = config.channel(&c.name).map(|cc| cc.budget);
+                        json!({"name": c.name, "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
+                               "tokens_per_hour": b.map(|b| b.tokens_per_hour), "tokens_per_day": b.map(|b| b.tokens_per_day)})
+                    })
+                    .collect();
+                req.ok(
+                    &service,
+                    json!({"tokens_last_hour": hour, "tokens_last_day": day,
+                           "tokens_per_hour": config.llm.budget.tokens_per_hour, "tokens_per_day": config.llm.budget.tokens_per_day,
+                           "channels": channels}),
+                )
+            }
+            ServiceCommand::Ping | ServiceCommand::Health | ServiceCommand::Unknown | ServiceCommand::Malformed => {
+                let uptime = self.started.elapsed().as_secs_f64();
+                kryten::service_reply(&self.identity(), &req, self.clock.now(), uptime, || self.shared.health_json())
+            }
+        };
+        if let Some(reply) = msg.reply {
+            let _ = self.client.publish(reply, body.into()).await;
+        }
+    }
+
+    /// ha: another instance started, is alive, or left.
+    async fn on_peer(&mut self, msg: async_nats::Message) {
+        if let Some(ev) = kryten::peer_event(&msg.subject, &msg.payload) {
+            tracing::debug!(?ev, "lease event");
+            self.feed(Input::Lease(ev)).await;
+        }
+    }
+
+    /// Work that waits for a quiet moment: a reload swaps once nothing is in flight (or
+    /// its grace period is over).
+    async fn after_step(&mut self) {
+        let due = self
+            .pending_reload
+            .as_ref()
+            .is_some_and(|(_, deadline)| self.in_flight.is_empty() || Instant::now() >= *deadline);
+        if due {
+            if let Some((new, _)) = self.pending_reload.take() {
+                self.apply_reload(new).await;
+            }
+        }
+    }
+
+    async fn apply_reload(&mut self, new: Config) {
+        let old = self.engine.config();
+        if old.nats != new.nats || old.http != new.http || old.kryten.service_name != new.kryten.service_name {
+            tracing::warn!("changes to nats, http or kryten.service_name take effect after a restart");
+        }
+        if old.ha != new.ha {
+            tracing::warn!("changes to ha take effect after a restart");
+        }
+        let mut new = new;
+        new.ha = old.ha.clone();
+        if old.llm.providers != new.llm.providers {
+            match LlmClient::from_env(&new.llm.providers) {
+                Ok(client) => self.llm = Arc::new(client),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: provider unusable; keeping the running config");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.subs.sync(&new).await {
+            tracing::error!(error = %e, "reload: subscription change failed");
+        }
+        self.feed(Input::Reload(Box::new(new))).await;
+        tracing::info!(channels = self.engine.config().channels.len(), "reloaded");
+    }
+
+    fn refresh_health(&self) {
+        let engine = &self.engine;
         let channels = engine.status();
         let queued: usize = channels.iter().map(|c| c.queued).sum();
         for c in &channels {
@@ -296,9 +497,9 @@ impl Daemon {
         self.shared.metrics.channels.set(channels.len() as i64);
         self.shared.update_health(|h| {
             h.channels = channels;
-            h.nats_connected = connected;
-            h.reconnects = reconnects;
-            h.shutting_down = shutting_down;
+            h.nats_connected = self.connected;
+            h.reconnects = self.reconnects;
+            h.shutting_down = self.shutdown_deadline.is_some();
             h.spend = engine.spend();
             h.ha = engine.lease_stats().map(|s| {
                 self.shared.metrics.leases(s);
@@ -358,7 +559,7 @@ fn request_id(salt: u64, seq: u64) -> String {
 pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     let started = Instant::now();
     let clock = Clock::new();
-    let mut config = load_config(&config_path).map_err(StartError::Config)?;
+    let mut config = load_config(&config_path)?;
     let env = |var: &str| std::env::var(var).ok();
     let hostname = hostname();
     if config.ha.instance.is_empty() {
@@ -369,7 +570,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     let listener = http::bind(&config.http.listen)
         .map_err(|e| StartError::Http { addr: config.http.listen.clone(), reason: e.to_string() })?;
     let http_port = listener.local_addr().map_or(0, |a| a.port());
-    let llm = Arc::new(LlmClient::new(&config.llm.providers, env)?);
+    let llm = Arc::new(LlmClient::from_env(&config.llm.providers)?);
     for p in llm.providers_without_key() {
         tracing::warn!(provider = p, "the provider's api_key_env variable is not set: requests go without a key");
     }
@@ -402,18 +603,18 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     } else {
         (None, None)
     };
-    let heartbeat_every = if config.ha.enabled { (config.ha.lease_ttl / 3).min(HEARTBEAT) } else { HEARTBEAT };
     // Subscriptions are registered with the server before we call ourselves ready.
     let _ = client.flush().await;
 
     let (llm_tx, mut llm_rx) = mpsc::unbounded_channel();
     let seed = RandomState::new().hash_one(clock.now().0);
-    let mut engine = Engine::new(config, seed, clock.now());
     let mut d = Daemon {
+        engine: Engine::new(config, seed, clock.now()),
         config_path,
         clock,
         started,
         client: client.clone(),
+        subs,
         llm,
         llm_tx,
         in_flight: HashMap::new(),
@@ -422,35 +623,30 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
         http_port,
         request_seq: 0,
         request_salt: seed.rotate_left(29),
-        shutdown_done: false,
         ha,
+        connected: true,
+        reconnects: 0,
+        seen_first_connect: false,
+        pending_reload: None,
+        shutdown_deadline: None,
+        shutdown_reason: "stopped",
+        shutdown_done: false,
     };
     http::spawn(listener, shared.clone())
-        .map_err(|e| StartError::Http { addr: engine.config().http.listen.clone(), reason: e.to_string() })?;
-    d.lifecycle(engine.config(), "startup", None).await;
-    let mut connected = true;
-    let mut reconnects = 0u64;
-    let mut seen_first_connect = false;
-    d.refresh_health(&engine, connected, reconnects, false);
+        .map_err(|e| StartError::Http { addr: d.engine.config().http.listen.clone(), reason: e.to_string() })?;
+    d.lifecycle("startup", None).await;
+    d.refresh_health();
     tracing::info!(
-        channels = engine.config().channels.len(),
+        channels = d.engine.config().channels.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
-        http = %engine.config().http.listen,
+        http = %d.engine.config().http.listen,
         "ready"
     );
 
-    let (mut hup, mut term, mut int) = (
-        signal(SignalKind::hangup()).map_err(|e| StartError::Config(format!("cannot install SIGHUP handler: {e}")))?,
-        signal(SignalKind::terminate())
-            .map_err(|e| StartError::Config(format!("cannot install SIGTERM handler: {e}")))?,
-        signal(SignalKind::interrupt())
-            .map_err(|e| StartError::Config(format!("cannot install SIGINT handler: {e}")))?,
-    );
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
+    let mut hup = handler(SignalKind::hangup(), "SIGHUP")?;
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut health_tick = tokio::time::interval(HEALTH_REFRESH);
-    let mut pending_reload: Option<(Config, Instant)> = None;
-    let mut shutdown_deadline: Option<tokio::time::Instant> = None;
-    let mut shutdown_reason = "stopped";
     // "No timer": a fixed far-off instant, so the timer below is re-armed only when the
     // engine's next deadline really changes, not on every event.
     let never = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
@@ -458,96 +654,45 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     tokio::pin!(timer);
 
     loop {
-        let wake = engine.poll_timeout().map_or(never, |t| d.clock.instant(t));
+        let wake = d.engine.poll_timeout().map_or(never, |t| d.clock.instant(t));
         if timer.deadline() != wake {
             timer.as_mut().reset(wake);
         }
-        let stop_at = shutdown_deadline.unwrap_or(never);
+        let stop_at = d.shutdown_deadline.unwrap_or(never);
+        let stopping = d.shutdown_deadline.is_some();
         tokio::select! {
-            // A Kryten event for one of our channels, and (bounded) the ones already
-            // waiting behind it, without a trip through this select for each.
-            Some(msg) = subs.events.next(), if shutdown_deadline.is_none() => {
-                let event = |msg: async_nats::Message| Input::Event { subject: Some(msg.subject.to_string()), body: msg.payload.to_vec() };
-                engine.handle(d.clock.now(), event(msg));
-                for _ in 1..EVENT_BATCH {
-                    match subs.events.next().now_or_never() {
-                        Some(Some(msg)) => engine.handle(d.clock.now(), event(msg)),
-                        _ => break,
-                    }
-                }
-            }
+            // A Kryten event for one of our channels (none are taken once stopping).
+            Some(msg) = d.subs.events.next(), if !stopping => d.on_events(msg).await,
             // An LLM request finished (its task sends exactly once).
-            Some((id, provider, outcome)) = llm_rx.recv() => {
-                d.in_flight.remove(&id);
-                d.shared.metrics.in_flight.set(d.in_flight.len() as i64);
-                d.record_llm(&provider, &outcome);
-                engine.handle(d.clock.now(), Input::LlmDone { id, result: outcome.result });
-            }
-            // The engine's next timer (send spacing, participation, LLM deadline).
-            _ = &mut timer => engine.handle(d.clock.now(), Input::Tick),
+            Some((id, provider, outcome)) = llm_rx.recv() => d.on_llm_done(id, provider, outcome).await,
+            // The engine's next timer (send spacing, participation, LLM deadline, leases,
+            // heartbeat).
+            _ = &mut timer => d.feed(Input::Tick).await,
             // NATS went down or came back: the engine holds replies meanwhile.
-            Some(up) = state_rx.recv() => {
-                if up {
-                    if seen_first_connect && !connected {
-                        reconnects += 1;
-                        d.shared.metrics.reconnects.inc();
-                        tracing::info!(reconnects, "nats reconnected");
-                    }
-                    seen_first_connect = true;
-                } else {
-                    tracing::warn!("nats connection lost; replies are held until it is back");
-                }
-                if up != connected {
-                    connected = up;
-                    engine.handle(d.clock.now(), Input::Connection { up });
-                }
-                d.refresh_health(&engine, connected, reconnects, shutdown_deadline.is_some());
-            }
-            _ = hup.recv() => match load_config(&d.config_path) {
-                Err(e) => tracing::error!(error = %e, "reload refused; keeping the running config"),
-                Ok(new) => {
-                    tracing::info!(channels = new.channels.len(), "reload accepted");
-                    pending_reload = Some((new, Instant::now() + RELOAD_GRACE));
-                }
-            },
-            _ = term.recv() => { shutdown_reason = "SIGTERM"; begin_shutdown(&mut engine, &mut subs, &d, &mut shutdown_deadline); }
-            _ = int.recv() => { shutdown_reason = "SIGINT"; begin_shutdown(&mut engine, &mut subs, &d, &mut shutdown_deadline); }
-            // kryten.{service}.command: system.ping / system.health.
-            Some(req) = commands.next() => {
-                let body = service_command(&mut engine, &d, &req.payload);
-                if let Some(reply) = req.reply {
-                    let _ = d.client.publish(reply, body.into()).await;
-                }
-            }
-            Some(_) = discovery.next() => d.lifecycle(engine.config(), "startup", None).await,
+            Some(up) = state_rx.recv() => d.on_connection(up).await,
+            _ = hup.recv() => d.on_hangup(),
+            _ = term.recv() => d.on_stop("SIGTERM").await,
+            _ = int.recv() => d.on_stop("SIGINT").await,
+            // kryten.{service}.command: controls, queries, system.ping / system.health.
+            Some(req) = commands.next() => d.on_service_request(req).await,
+            // A discovery poll is answered with our startup announcement.
+            Some(_) = discovery.next() => d.lifecycle("startup", None).await,
             // ha: a lease operation finished, or the bucket watch saw a change.
             Some(ev) = lease_rx.recv() => {
                 tracing::debug!(?ev, "lease event");
-                engine.handle(d.clock.now(), Input::Lease(ev));
+                d.feed(Input::Lease(ev)).await;
             }
             // ha: another instance started, is alive, or left.
-            Some(msg) = async { match peers.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => {
-                if let Some(ev) = kryten::peer_event(&msg.subject, &msg.payload) {
-                    tracing::debug!(?ev, "lease event");
-                    engine.handle(d.clock.now(), Input::Lease(ev));
-                }
-            }
-            _ = heartbeat.tick() => d.lifecycle(engine.config(), "heartbeat", None).await,
-            _ = health_tick.tick() => d.refresh_health(&engine, connected, reconnects, shutdown_deadline.is_some()),
-            _ = tokio::time::sleep_until(stop_at), if shutdown_deadline.is_some() => {
+            Some(msg) = async { match peers.as_mut() { Some(p) => p.next().await, None => std::future::pending().await } } => d.on_peer(msg).await,
+            // /health is a snapshot: refreshed here, served from its own thread.
+            _ = health_tick.tick() => d.refresh_health(),
+            // The shutdown grace period is over: whatever is left is abandoned.
+            _ = tokio::time::sleep_until(stop_at), if stopping => {
                 tracing::warn!(in_flight = d.in_flight.len(), "shutdown grace period over; abandoning what is left");
                 break;
             }
         }
-        d.drain(&mut engine).await;
-        if let Some((_, deadline)) = &pending_reload {
-            if d.in_flight.is_empty() || Instant::now() >= *deadline {
-                if let Some((new, _)) = pending_reload.take() {
-                    apply_reload(&mut engine, &mut subs, &mut d, new).await;
-                    d.drain(&mut engine).await;
-                }
-            }
-        }
+        d.after_step().await;
         if d.shutdown_done {
             break;
         }
@@ -556,111 +701,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     for (_, task) in d.in_flight.drain() {
         task.abort();
     }
-    d.lifecycle(engine.config(), "shutdown", Some(shutdown_reason)).await;
+    d.lifecycle("shutdown", Some(d.shutdown_reason)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-    tracing::info!(reason = shutdown_reason, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    tracing::info!(reason = d.shutdown_reason, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
-}
-
-/// Answers a request on `kryten.{service}.command`. Operator controls go to the engine
-/// as inputs; queries read it. Arguments may be top-level or under `args`.
-fn service_command(engine: &mut Engine, d: &Daemon, payload: &[u8]) -> Vec<u8> {
-    use serde_json::{json, Value};
-    let req: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
-    let command = req.get("command").and_then(Value::as_str).unwrap_or("").to_owned();
-    let arg = |k: &str| req.get(k).or_else(|| req.get("args").and_then(|a| a.get(k))).cloned();
-    let service = engine.config().kryten.service_name.clone();
-    let reply = |data: Value| {
-        json!({"service": service, "command": command, "success": true, "data": data}).to_string().into_bytes()
-    };
-    let fail = |error: String| {
-        json!({"service": service, "command": command, "success": false, "error": error}).to_string().into_bytes()
-    };
-    let channel = arg("channel").and_then(|v| v.as_str().map(str::to_owned));
-    let known = |c: &Option<String>| c.as_ref().filter(|c| engine.has_channel(c)).cloned();
-    match command.as_str() {
-        "channel.mute" | "channel.unmute" | "context.clear" => {
-            let Some(ch) = known(&channel) else {
-                return fail(format!("unknown channel: {}", channel.unwrap_or_default()));
-            };
-            let action = match command.as_str() {
-                "channel.mute" => chatbot_core::Control::Mute,
-                "channel.unmute" => chatbot_core::Control::Unmute,
-                _ => chatbot_core::Control::ClearContext,
-            };
-            tracing::info!(channel = %ch, command, "operator control");
-            engine.handle(d.clock.now(), Input::Control { channel: ch.clone(), action });
-            reply(json!({"channel": ch, "muted": engine.is_muted(&ch)}))
-        }
-        "decisions.recent" => {
-            let Some(ch) = known(&channel) else {
-                return fail(format!("unknown channel: {}", channel.unwrap_or_default()));
-            };
-            let limit = arg("limit").and_then(|v| v.as_u64()).unwrap_or(20).min(200) as usize;
-            reply(json!({"channel": ch, "decisions": engine.recent_decisions(&ch, limit)}))
-        }
-        "budget.status" => {
-            let (hour, day) = engine.spend();
-            let config = engine.config();
-            let channels: Vec<Value> = engine
-                .status()
-                .into_iter()
-                .map(|c| {
-                    let b = config.channel(&c.name).map(|cc| cc.budget);
-                    json!({"name": c.name, "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
-                           "tokens_per_hour": b.map(|b| b.tokens_per_hour), "tokens_per_day": b.map(|b| b.tokens_per_day)})
-                })
-                .collect();
-            reply(json!({"tokens_last_hour": hour, "tokens_last_day": day,
-                         "tokens_per_hour": config.llm.budget.tokens_per_hour, "tokens_per_day": config.llm.budget.tokens_per_day,
-                         "channels": channels}))
-        }
-        _ => {
-            let id = d.identity(engine.config());
-            kryten::service_reply(&id, payload, d.clock.now(), d.started.elapsed().as_secs_f64(), || {
-                d.shared.health_json()
-            })
-        }
-    }
-}
-
-fn begin_shutdown(
-    engine: &mut Engine,
-    subs: &mut Subscriptions,
-    d: &Daemon,
-    deadline: &mut Option<tokio::time::Instant>,
-) {
-    if deadline.is_some() {
-        return;
-    }
-    tracing::info!(in_flight = d.in_flight.len(), "shutting down: no new events; waiting for in-flight requests");
-    subs.stop();
-    *deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
-    engine.handle(d.clock.now(), Input::Shutdown);
-}
-
-async fn apply_reload(engine: &mut Engine, subs: &mut Subscriptions, d: &mut Daemon, new: Config) {
-    let old = engine.config();
-    if old.nats != new.nats || old.http != new.http || old.kryten.service_name != new.kryten.service_name {
-        tracing::warn!("changes to nats, http or kryten.service_name take effect after a restart");
-    }
-    if old.ha != new.ha {
-        tracing::warn!("changes to ha take effect after a restart");
-    }
-    let mut new = new;
-    new.ha = old.ha.clone();
-    if old.llm.providers != new.llm.providers {
-        match LlmClient::new(&new.llm.providers, |v| std::env::var(v).ok()) {
-            Ok(client) => d.llm = Arc::new(client),
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused: provider unusable; keeping the running config");
-                return;
-            }
-        }
-    }
-    if let Err(e) = subs.sync(&new).await {
-        tracing::error!(error = %e, "reload: subscription change failed");
-    }
-    engine.handle(d.clock.now(), Input::Reload(Box::new(new)));
-    tracing::info!(channels = engine.config().channels.len(), "reloaded");
 }

@@ -3,7 +3,7 @@
 //! without a server.
 
 use chatbot_core::config::{CommandScheme, SubjectScheme};
-use chatbot_core::{Command, CommandKind, Millis};
+use chatbot_core::{Command, CommandKind, Control, Millis};
 use serde_json::{json, Value};
 
 /// Kryten's subject token normalisation (`subject_builder.normalize_token`): lower-case,
@@ -111,32 +111,109 @@ pub fn peer_event(subject: &str, body: &[u8]) -> Option<chatbot_core::LeaseEvent
     Some(chatbot_core::LeaseEvent::Peer { instance, alive })
 }
 
-/// The reply to a request on `kryten.{service}.command`. `health` renders our health.
+/// A request on `kryten.{service}.command`, parsed. Arguments may stand at the top level
+/// or under `args` (kryten-py sends both shapes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceCommand {
+    /// `channel.mute`, `channel.unmute`, `context.clear`: an operator control.
+    Control {
+        /// The channel named (not yet checked against the config).
+        channel: Option<String>,
+        /// What to do.
+        action: Control,
+    },
+    /// `decisions.recent`: the channel's last decisions, at most `limit`.
+    RecentDecisions {
+        /// The channel named.
+        channel: Option<String>,
+        /// How many (default 20, at most [`chatbot_core::engine::RECENT_DECISIONS`]).
+        limit: usize,
+    },
+    /// `budget.status`: tokens spent and allowed.
+    BudgetStatus,
+    /// `system.ping`.
+    Ping,
+    /// `system.health`: the /health document.
+    Health,
+    /// A command we do not know.
+    Unknown,
+    /// Not a JSON object with a string `command`.
+    Malformed,
+}
+
+/// A parsed service request: the command's name as sent (echoed in the reply) and what
+/// it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRequest {
+    /// `command` as sent; empty when malformed.
+    pub name: String,
+    /// What it asks.
+    pub command: ServiceCommand,
+}
+
+impl ServiceRequest {
+    /// Reads a request body. Never fails: anything unusable is `Malformed`.
+    pub fn parse(payload: &[u8]) -> ServiceRequest {
+        let req: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let Some(name) = req.get("command").and_then(Value::as_str).map(str::to_owned) else {
+            return ServiceRequest { name: String::new(), command: ServiceCommand::Malformed };
+        };
+        let arg = |k: &str| req.get(k).or_else(|| req.get("args").and_then(|a| a.get(k)));
+        let channel = arg("channel").and_then(Value::as_str).map(str::to_owned);
+        let control = |action| ServiceCommand::Control { channel: channel.clone(), action };
+        let command = match name.as_str() {
+            "channel.mute" => control(Control::Mute),
+            "channel.unmute" => control(Control::Unmute),
+            "context.clear" => control(Control::ClearContext),
+            "decisions.recent" => {
+                let cap = chatbot_core::engine::RECENT_DECISIONS as u64;
+                let limit = arg("limit").and_then(Value::as_u64).unwrap_or(20).min(cap) as usize;
+                ServiceCommand::RecentDecisions { channel: channel.clone(), limit }
+            }
+            "budget.status" => ServiceCommand::BudgetStatus,
+            "system.ping" => ServiceCommand::Ping,
+            "system.health" => ServiceCommand::Health,
+            _ => ServiceCommand::Unknown,
+        };
+        ServiceRequest { name, command }
+    }
+
+    /// A successful reply carrying `data`.
+    pub fn ok(&self, service: &str, data: Value) -> Vec<u8> {
+        json!({"service": service, "command": self.name, "success": true, "data": data}).to_string().into_bytes()
+    }
+
+    /// A failed reply saying why.
+    pub fn fail(&self, service: &str, error: &str) -> Vec<u8> {
+        match self.command {
+            ServiceCommand::Malformed => {
+                json!({"service": service, "success": false, "error": "expected a JSON object with \"command\""})
+            }
+            _ => json!({"service": service, "command": self.name, "success": false, "error": error}),
+        }
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// The reply to `system.ping`, `system.health` and requests we cannot serve (kryten-py's
+/// shapes). `health` renders our health.
 pub fn service_reply(
     id: &Identity,
-    request: &[u8],
+    req: &ServiceRequest,
     now: Millis,
     uptime_s: f64,
     health: impl FnOnce() -> Value,
 ) -> Vec<u8> {
-    let command = serde_json::from_slice::<Value>(request)
-        .ok()
-        .and_then(|v| v.get("command").and_then(Value::as_str).map(str::to_owned));
-    let reply = match command.as_deref() {
-        Some("system.ping") => json!({
-            "service": id.service, "command": "system.ping", "success": true,
-            "data": {"pong": true, "service": id.service, "version": id.version,
-                     "uptime_seconds": uptime_s, "timestamp": now.to_rfc3339()},
-        }),
-        Some("system.health") => json!({
-            "service": id.service, "command": "system.health", "success": true, "data": health(),
-        }),
-        Some(other) => {
-            json!({"service": id.service, "command": other, "success": false, "error": format!("unknown command: {other}")})
-        }
-        None => json!({"service": id.service, "success": false, "error": "expected a JSON object with \"command\""}),
-    };
-    reply.to_string().into_bytes()
+    match req.command {
+        ServiceCommand::Ping => req.ok(
+            id.service,
+            json!({"pong": true, "service": id.service, "version": id.version,
+                   "uptime_seconds": uptime_s, "timestamp": now.to_rfc3339()}),
+        ),
+        ServiceCommand::Health => req.ok(id.service, health()),
+        _ => req.fail(id.service, &format!("unknown command: {}", req.name)),
+    }
 }
 
 #[cfg(test)]
@@ -215,20 +292,53 @@ mod tests {
         assert_eq!((v["service"].as_str(), v["reason"].as_str()), (Some("llm"), Some("SIGTERM")));
         assert_eq!(v["metadata"]["endpoints"]["health"]["port"], 8080);
 
-        let ping: Value =
-            serde_json::from_slice(&service_reply(&id, br#"{"command":"system.ping"}"#, Millis(0), 2.0, || json!({})))
-                .unwrap();
+        let reply = |body: &[u8]| -> Value {
+            serde_json::from_slice(&service_reply(
+                &id,
+                &ServiceRequest::parse(body),
+                Millis(0),
+                2.0,
+                || json!({"status": "ok"}),
+            ))
+            .unwrap()
+        };
+        let ping = reply(br#"{"command":"system.ping"}"#);
         assert_eq!((ping["success"].as_bool(), ping["data"]["pong"].as_bool()), (Some(true), Some(true)));
-        let health: Value = serde_json::from_slice(&service_reply(
-            &id,
-            br#"{"command":"system.health"}"#,
-            Millis(0),
-            2.0,
-            || json!({"status": "ok"}),
-        ))
-        .unwrap();
-        assert_eq!(health["data"]["status"], "ok");
-        let bad: Value = serde_json::from_slice(&service_reply(&id, b"nope", Millis(0), 2.0, || json!({}))).unwrap();
+        assert_eq!(reply(br#"{"command":"system.health"}"#)["data"]["status"], "ok");
+        let bad = reply(b"nope");
         assert_eq!(bad["success"], false);
+        assert!(bad.get("command").is_none());
+        let unknown = reply(br#"{"command":"x.y"}"#);
+        assert_eq!(
+            (unknown["command"].as_str(), unknown["error"].as_str()),
+            (Some("x.y"), Some("unknown command: x.y"))
+        );
+    }
+
+    #[test]
+    fn service_commands_parse_with_arguments_at_the_top_or_under_args() {
+        let parse = |b: &str| ServiceRequest::parse(b.as_bytes()).command;
+        let mute = ServiceCommand::Control { channel: Some("lounge".into()), action: Control::Mute };
+        assert_eq!(parse(r#"{"command":"channel.mute","channel":"lounge"}"#), mute);
+        assert_eq!(parse(r#"{"command":"channel.mute","args":{"channel":"lounge"}}"#), mute);
+        assert_eq!(
+            parse(r#"{"command":"context.clear"}"#),
+            ServiceCommand::Control { channel: None, action: Control::ClearContext }
+        );
+        assert_eq!(
+            parse(r#"{"command":"decisions.recent","args":{"channel":"a","limit":5000}}"#),
+            ServiceCommand::RecentDecisions {
+                channel: Some("a".into()),
+                limit: chatbot_core::engine::RECENT_DECISIONS
+            }
+        );
+        assert_eq!(
+            parse(r#"{"command":"decisions.recent","channel":"a"}"#),
+            ServiceCommand::RecentDecisions { channel: Some("a".into()), limit: 20 }
+        );
+        assert_eq!(parse(r#"{"command":"budget.status"}"#), ServiceCommand::BudgetStatus);
+        assert_eq!(parse(r#"{"command":"what"}"#), ServiceCommand::Unknown);
+        assert_eq!(parse(r#"{"command":3}"#), ServiceCommand::Malformed);
+        assert_eq!(parse("[]"), ServiceCommand::Malformed);
     }
 }

@@ -13,7 +13,35 @@ pub mod metrics;
 pub mod nats;
 pub mod record;
 
-pub use daemon::{load_config, run, StartError};
+pub use daemon::{run, StartError};
+
+use std::path::Path;
+
+use chatbot_core::{Config, ConfigError};
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid config (the error names file, line, column and key).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Reads and validates a config file.
+pub fn load_config(path: &Path) -> Result<Config, LoadError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+    Ok(Config::parse(&text, &path.display().to_string())?)
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

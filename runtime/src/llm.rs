@@ -144,6 +144,11 @@ impl LlmClient {
         Ok(LlmClient { http, providers: out })
     }
 
+    /// Builds the client with keys from the process environment.
+    pub fn from_env(providers: &BTreeMap<String, ProviderConfig>) -> Result<LlmClient, ClientError> {
+        LlmClient::new(providers, |var| std::env::var(var).ok())
+    }
+
     /// Names of providers whose key variable is configured but unset.
     pub fn providers_without_key<'a>(&'a self) -> impl Iterator<Item = &'a str> + 'a {
         self.providers.iter().filter(|(_, p)| p.cfg.api_key_env.is_some() && p.auth.is_none()).map(|(n, _)| n.as_str())

@@ -10,10 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::SignalKind;
 
-use crate::daemon::{load_config, StartError};
+use crate::daemon::{handler, StartError};
 use crate::kryten;
+use crate::load_config;
 
 /// What a recording did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,12 +27,12 @@ pub struct Recorded {
 
 /// Records until a signal or `duration`, appending to `output`.
 pub async fn record(config_path: &Path, output: &Path, duration: Option<Duration>) -> Result<Recorded, StartError> {
-    let config = load_config(config_path).map_err(StartError::Config)?;
+    let config = load_config(config_path)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(output)
-        .map_err(|e| StartError::Config(format!("{}: cannot write: {e}", output.display())))?;
+        .map_err(|e| StartError::Output { path: output.display().to_string(), reason: e.to_string() })?;
     let mut out = std::io::BufWriter::new(file);
     let (state_tx, _state_rx) = tokio::sync::mpsc::unbounded_channel();
     let name = format!("llm-chatbot recorder ({})", config.kryten.service_name);
@@ -47,8 +48,8 @@ pub async fn record(config_path: &Path, output: &Path, duration: Option<Duration
     }
     let _ = client.flush().await;
     let mut all = futures_util::stream::select_all(streams);
-    let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Config(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
     let started = Instant::now();
     let until = duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);

@@ -106,11 +106,6 @@ enum Msg {
         i: usize,
         g: u32,
     },
-    /// Instance `i` announces itself (lifecycle heartbeat).
-    Heartbeat {
-        i: usize,
-        g: u32,
-    },
     Start(usize),
     Crash(usize),
     Stop(usize),
@@ -294,16 +289,6 @@ impl<'a> World<'a> {
                     self.step(i, Input::Tick);
                 }
             }
-            Msg::Heartbeat { i, g } => {
-                if self.alive(i, g) {
-                    if self.nodes[i].connected {
-                        let instance = self.nodes[i].id.clone();
-                        self.broadcast(Some(i), LeaseEvent::Peer { instance, alive: true });
-                    }
-                    let every = self.ttl() / 3;
-                    self.at(self.now + every, Msg::Heartbeat { i, g });
-                }
-            }
             Msg::Start(i) => {
                 let n = &mut self.nodes[i];
                 if n.engine.is_some() {
@@ -316,12 +301,12 @@ impl<'a> World<'a> {
                 cfg.ha.instance = n.id.clone();
                 let local = n.local(self.now);
                 n.engine = Some(Engine::new(cfg, self.plan.seed ^ (i as u64) << 8 ^ n.generation as u64, local));
-                let g = n.generation;
                 if !n.connected {
                     self.step(i, Input::Connection { up: false });
                 }
                 self.step(i, Input::Tick);
-                self.handle(Msg::Heartbeat { i, g });
+                // The lifecycle startup message: peers learn of it at once.
+                self.announce(i);
             }
             Msg::Crash(i) => {
                 self.nodes[i].engine = None;
@@ -409,16 +394,20 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Instance `i` says it is alive (lifecycle startup or heartbeat), if it can be heard.
+    fn announce(&mut self, i: usize) {
+        if self.nodes[i].connected {
+            let instance = self.nodes[i].id.clone();
+            self.broadcast(Some(i), LeaseEvent::Peer { instance, alive: true });
+        }
+    }
+
     /// One input to instance `i` and the drain rule.
     fn step(&mut self, i: usize, input: Input) {
         let local = self.nodes[i].local(self.now);
         let g = self.nodes[i].generation;
         let Some(engine) = self.nodes[i].engine.as_mut() else { return };
-        engine.handle(local, input);
-        let mut effects = Vec::new();
-        while let Some(e) = engine.poll_effect() {
-            effects.push(e);
-        }
+        let effects: Vec<Effect> = engine.step(local, input).collect();
         let next = engine.poll_timeout();
         for e in effects {
             match e {
@@ -464,6 +453,7 @@ impl<'a> World<'a> {
                     self.nodes[i].wake = None;
                     return;
                 }
+                Effect::Heartbeat => self.announce(i),
                 Effect::Decision(_) => {}
             }
         }

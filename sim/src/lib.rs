@@ -154,8 +154,8 @@ impl Sim {
     /// One `handle` plus the drain rule.
     fn step(&mut self, at: Millis, input: Input) {
         self.now = self.now.max(at);
-        self.engine.handle(self.now, input);
-        while let Some(effect) = self.engine.poll_effect() {
+        let effects: Vec<Effect> = self.engine.step(self.now, input).collect();
+        for effect in effects {
             match &effect {
                 Effect::CallLlm(call) => {
                     let mut answer = self.llm.respond(call);
@@ -169,7 +169,11 @@ impl Sim {
                 Effect::CancelLlm(id) => {
                     self.cancelled.insert(*id);
                 }
-                Effect::Publish(_) | Effect::Decision(_) | Effect::Lease(_) | Effect::ShutdownComplete => {}
+                Effect::Publish(_)
+                | Effect::Decision(_)
+                | Effect::Lease(_)
+                | Effect::Heartbeat
+                | Effect::ShutdownComplete => {}
             }
             self.trace.push(Traced { at: self.now, what: TraceItem::Effect(effect) });
         }

@@ -220,7 +220,7 @@ fn channel_of(t: &TraceItem) -> Option<String> {
         TraceItem::Effect(Effect::CancelLlm(id)) | TraceItem::Answered { id, .. } => {
             Some(CHANNELS[(id.0 >> 32) as usize].to_string())
         }
-        TraceItem::Effect(Effect::ShutdownComplete | Effect::Lease(_)) => None,
+        TraceItem::Effect(Effect::ShutdownComplete | Effect::Lease(_) | Effect::Heartbeat) => None,
     }
 }
 
