@@ -66,6 +66,20 @@ fn ordinary_chat(bencher: Bencher) {
     feed_batch(bencher, config(1), inputs);
 }
 
+/// Reading the envelope of an ordinary chat line alone (the first step of `ordinary_chat`).
+#[divan::bench]
+fn ordinary_chat_envelope(bencher: Bencher) {
+    let bodies: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| match chat("ch0", &format!("user{}", i % 40), "is this the 3 &lt; 4 channel? nice weather today", i) {
+            Input::Event { body, .. } => body,
+            _ => unreachable!(),
+        })
+        .collect();
+    bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
+        bodies.iter().filter(|b| chatbot_core::event::parse(divan::black_box(b), None).is_ok()).count()
+    });
+}
+
 /// A mention through to the published reply: event → LLM call → answer → `say`.
 #[divan::bench]
 fn mention_to_reply(bencher: Bencher) {

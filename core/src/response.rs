@@ -135,7 +135,8 @@ impl Rules {
     pub fn new(cfg: &ResponseConfig, bot: &BotConfig, system_prompt: &str) -> Rules {
         Rules {
             prompt_spans: spans(system_prompt).into_iter().collect(),
-            block_keywords: whole_words_regex(cfg.block_keywords.iter().map(String::as_str), false),
+            // Validated by `Config::parse` (see `whole_words_regex`).
+            block_keywords: whole_words_regex(cfg.block_keywords.iter().map(String::as_str), false).ok().flatten(),
             own_names: std::iter::once(&bot.name)
                 .chain(&bot.aliases)
                 .map(|n| n.trim().trim_start_matches('@').to_lowercase())

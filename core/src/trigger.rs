@@ -64,26 +64,38 @@ fn alternation<'a>(terms: impl Iterator<Item = &'a str>) -> Option<String> {
 }
 
 /// A case-insensitive regex matching any of `terms` as whole words (phrases allow any
-/// spacing); `None` when there are no terms. Shared with the response block list.
-pub fn whole_words_regex<'a>(terms: impl Iterator<Item = &'a str>, optional_at: bool) -> Option<Regex> {
-    alternation(terms).map(|alt| whole_words(&alt, optional_at))
+/// spacing); `None` when there are no terms. Shared with the response block list. The
+/// terms are escaped, so the only possible error is size: a list too long for the regex
+/// engine's limit. `Config::parse` compiles every list the engine will, so that error is
+/// a config error and never reaches the engine.
+pub fn whole_words_regex<'a>(
+    terms: impl Iterator<Item = &'a str>,
+    optional_at: bool,
+) -> Result<Option<Regex>, regex::Error> {
+    alternation(terms).map(|alt| whole_words(&alt, optional_at)).transpose()
 }
 
-fn whole_words(alt: &str, optional_at: bool) -> Regex {
+fn whole_words(alt: &str, optional_at: bool) -> Result<Regex, regex::Error> {
     let at = if optional_at { "@?" } else { "" };
-    RegexBuilder::new(&format!("{EDGE_L}{at}(?:{alt}){EDGE_R}"))
-        .case_insensitive(true)
-        .build()
-        .expect("escaped alternation is a valid regex")
+    RegexBuilder::new(&format!("{EDGE_L}{at}(?:{alt}){EDGE_R}")).case_insensitive(true).build()
+}
+
+/// The names that count as a mention of the bot.
+pub fn bot_names(bot: &BotConfig) -> impl Iterator<Item = &str> {
+    std::iter::once(bot.name.as_str()).chain(bot.aliases.iter().map(String::as_str))
 }
 
 impl Matcher {
-    /// Compiles the bot's names and the channel's keyword groups.
+    /// Compiles the bot's names and the channel's keyword groups. Every list was compiled
+    /// once already by `Config::parse`, which refuses one too large, so nothing here fails
+    /// for a parsed config.
     pub fn new(bot: &BotConfig, keywords: &[KeywordConfig]) -> Matcher {
-        let names = std::iter::once(bot.name.as_str()).chain(bot.aliases.iter().map(String::as_str));
         Matcher {
-            mention: whole_words_regex(names, true),
-            keywords: keywords.iter().map(|k| whole_words_regex(k.words.iter().map(String::as_str), false)).collect(),
+            mention: whole_words_regex(bot_names(bot), true).ok().flatten(),
+            keywords: keywords
+                .iter()
+                .map(|k| whole_words_regex(k.words.iter().map(String::as_str), false).ok().flatten())
+                .collect(),
         }
     }
 

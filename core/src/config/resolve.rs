@@ -69,7 +69,10 @@ impl Config {
             lease_ttl: raw.ha.lease_ttl.0,
             instance: raw.ha.instance.unwrap_or_default(),
         };
-        Ok(Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run, ha })
+        let config =
+            Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run, ha };
+        check_patterns(&config, &at)?;
+        Ok(config)
     }
 }
 
@@ -258,4 +261,32 @@ fn resolve_channel(
             .map(|u| u.to_lowercase())
             .collect(),
     })
+}
+
+/// Compiles every word list the engine will compile (the bot's names, each keyword group,
+/// each block list), so that one too large for the regex engine is refused here with its
+/// key, and a running engine (a reload included) never meets it. Each distinct list is
+/// compiled once: channels mostly share `defaults`.
+fn check_patterns(config: &Config, at: &Locator) -> Result<(), ConfigError> {
+    use crate::trigger::{bot_names, whole_words_regex};
+    let mut done: BTreeSet<(&[String], bool)> = BTreeSet::new();
+    let too_large = |path: &str, key: &str, e: regex::Error| {
+        at.key(path, key, "", 0, &format!("too many or too long words for one pattern ({e}); split the list"))
+    };
+    let names: Vec<String> = bot_names(&config.bot).map(str::to_owned).collect();
+    whole_words_regex(names.iter().map(String::as_str), true).map_err(|e| too_large("bot.aliases", "aliases", e))?;
+    for (i, ch) in config.channels.iter().enumerate() {
+        for (k, kw) in ch.triggers.keywords.iter().enumerate() {
+            if done.insert((&kw.words, false)) {
+                whole_words_regex(kw.words.iter().map(String::as_str), false)
+                    .map_err(|e| too_large(&format!("channels[{i}].triggers.keywords[{k}].words"), "words", e))?;
+            }
+        }
+        let block = &ch.response.block_keywords;
+        if done.insert((block, true)) {
+            whole_words_regex(block.iter().map(String::as_str), false)
+                .map_err(|e| too_large(&format!("channels[{i}].response.block_keywords"), "block_keywords", e))?;
+        }
+    }
+    Ok(())
 }

@@ -123,3 +123,12 @@ fn the_retry_schedule_doubles_honours_retry_after_and_bounds_the_deadline() {
     // Every attempt's timeout plus the longest allowed wait before each retry.
     assert_eq!(p.worst_case(), p.timeout * 3 + MAX_RETRY_AFTER * 2);
 }
+
+#[test]
+fn a_keyword_list_too_large_to_compile_is_a_config_error_not_a_panic() {
+    // Distinct long words, enough to pass the regex engine's size limit.
+    let words: Vec<String> = (0..20_000).map(|i| format!("\"w{i}{}\"", "x".repeat(40))).collect();
+    let yaml = format!("{MINIMAL}defaults:\n  triggers:\n    keywords:\n      - words: [{}]\n", words.join(", "));
+    let e = err(&yaml);
+    assert!(e.contains("keywords[0].words") && e.contains("too many or too long words"), "{e}");
+}
