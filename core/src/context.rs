@@ -1,4 +1,5 @@
-//! The conversation a channel remembers: the last `max_messages` lines within `max_age`.
+//! The conversations a channel remembers: the room's last `max_messages` lines within
+//! `max_age`, and one such window per PM conversation ([`PmThreads`], bounded).
 //!
 //! Lines arrive in time order, so a ring buffer gives O(1) push and O(1) amortised expiry
 //! from the front. The context owns no policy about who is worth remembering; the engine

@@ -1,7 +1,8 @@
 //! The engine: routes inputs to channels, fires timers, swaps configs, and queues effects.
 //!
-//! It owns the channels, the timer table and the effect queue; decisions themselves live
-//! in `channel.rs`. `handle` is infallible: malformed input becomes a counted decision.
+//! It owns the channels, the timer table and the effect queue, and the engine-wide
+//! timers (lease upkeep, the lifecycle heartbeat); decisions themselves live in
+//! `channel/`. `handle` is infallible: malformed input becomes a counted decision.
 //! Time only moves forward: a `now` earlier than one already seen is treated as the
 //! latest seen, so clock steps backwards cannot reopen a window or a cooldown.
 
@@ -172,7 +173,8 @@ impl Engine {
 
     /// Feeds one input and hands back every effect it produced, in order: the drain rule
     /// in one call. Both shells (the daemon and the simulator) step the engine with this,
-    /// so they cannot follow different rules.
+    /// so they cannot follow different rules. Dropping the iterator early discards the
+    /// effects not taken.
     pub fn step(&mut self, now: Millis, input: Input) -> std::collections::vec_deque::Drain<'_, Effect> {
         self.handle(now, input);
         self.effects.drain(..)
