@@ -20,10 +20,7 @@ impl Responder for Echo {
     fn respond(&mut self, call: &LlmCall) -> Answer {
         let last = call.messages.last().map_or("", |m| m.content.as_str());
         let line = last.split_once("] ").map_or(last, |(_, l)| l);
-        Answer {
-            latency: Duration::from_millis(1),
-            result: Ok(LlmReply { text: format!("echo: {line}"), usage: None }),
-        }
+        Answer { latency: Duration::from_millis(1), result: Ok(LlmReply::new(format!("echo: {line}"), None)) }
     }
 }
 

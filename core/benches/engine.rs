@@ -100,7 +100,7 @@ fn mention_to_reply(bencher: Bencher) {
                     }
                 }
                 for id in calls {
-                    let reply = LlmReply { text: format!("Doing fine, thanks! ({i})"), usage: None };
+                    let reply = LlmReply::new(format!("Doing fine, thanks! ({i})"), None);
                     engine.handle(now, Input::LlmDone { id, result: Ok(reply) });
                     sent += drain(&mut engine);
                 }

@@ -77,19 +77,32 @@ impl fmt::Display for RequestId {
 /// A successful completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlmReply {
-    /// The first choice's message content.
+    /// The first choice's message content (never the model's separate reasoning).
     pub text: String,
     /// Token usage, when the provider reported it.
     pub usage: Option<Usage>,
+    /// The provider stopped it at the token cap (`finish_reason: "length"`): the engine
+    /// keeps only its complete sentences, when it has one.
+    pub truncated: bool,
+}
+
+impl LlmReply {
+    /// A whole reply.
+    pub fn new(text: impl Into<String>, usage: Option<Usage>) -> LlmReply {
+        LlmReply { text: text.into(), usage, truncated: false }
+    }
 }
 
 /// Token usage of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens (cached ones included).
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// Prompt tokens the provider served from its prompt cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`).
+    pub cached_input_tokens: u64,
 }
 
 /// Why an LLM request produced no reply.
@@ -105,6 +118,9 @@ pub enum LlmError {
     Malformed,
     /// `choices` was empty or had no content.
     EmptyChoices,
+    /// The token cap ended the reply before any text (a reasoning model spent it
+    /// thinking): raise `max_tokens` or lower the reasoning effort.
+    Truncated,
     /// Cancelled (shutdown, channel removed).
     Cancelled,
 }
@@ -115,7 +131,7 @@ impl LlmError {
         match self {
             LlmError::Timeout | LlmError::Connect => true,
             LlmError::Status(s) => s == 429 || s >= 500,
-            LlmError::Malformed | LlmError::EmptyChoices | LlmError::Cancelled => false,
+            LlmError::Malformed | LlmError::EmptyChoices | LlmError::Truncated | LlmError::Cancelled => false,
         }
     }
 
@@ -128,6 +144,7 @@ impl LlmError {
             LlmError::Status(_) => "llm_http_status",
             LlmError::Malformed => "llm_malformed",
             LlmError::EmptyChoices => "llm_empty",
+            LlmError::Truncated => "llm_truncated",
             LlmError::Cancelled => "llm_cancelled",
         }
     }

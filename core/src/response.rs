@@ -129,6 +129,32 @@ pub fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()
 }
 
+/// `text` up to the end of its last complete sentence (`.`, `!`, `?` or `…`, optionally
+/// closed by a quote or bracket, then a space or the end); all of `text` when it has no
+/// complete sentence. For a reply the provider cut off mid-sentence.
+pub fn complete_sentences(text: &str) -> &str {
+    let t = text.trim_end();
+    let mut end = None;
+    let mut chars = t.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if matches!(c, '.' | '!' | '?' | '…') {
+            let mut stop = i + c.len_utf8();
+            while let Some(&(j, q)) = chars.peek() {
+                if matches!(q, '"' | '\'' | ')' | '»' | '”' | '’') {
+                    stop = j + q.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if chars.peek().is_none_or(|&(_, n)| n.is_whitespace()) {
+                end = Some(stop);
+            }
+        }
+    }
+    end.map_or(text, |e| &t[..e])
+}
+
 impl Rules {
     /// Compiles a channel's rules; `bot` supplies the names whose `Name:` prefix is dropped
     /// and `system_prompt` the text a reply must not repeat.
@@ -484,5 +510,13 @@ mod tests {
         let r = rules(20, 3);
         let parts = r.process("aaaa bbbb cccc dddd /kick eeee ffff gggg", &Recent::default()).unwrap();
         assert!(parts.iter().all(|p| !p.starts_with('/')), "{parts:?}");
+    }
+
+    #[test]
+    fn a_cut_off_reply_keeps_its_complete_sentences() {
+        assert_eq!(complete_sentences("It is a film. The director also made"), "It is a film.");
+        assert_eq!(complete_sentences("Really?! \"Yes.\" And then"), "Really?! \"Yes.\"");
+        assert_eq!(complete_sentences("version 2.5 is out and"), "version 2.5 is out and", "no sentence end");
+        assert_eq!(complete_sentences("Done."), "Done.");
     }
 }

@@ -338,9 +338,9 @@ fn a_lost_llm_answer_never_stalls_the_channel() {
     let lost = bot.last_call();
     bot.say("b", "kryten??");
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::MaxInFlight]);
-    // default provider: 30 s x 3 attempts + up to 30 s (Retry-After) before each of the
-    // 2 retries + 10 s slack: the client's own retry schedule.
-    bot.wait(159_000);
+    // default provider: 30 s x (3 attempts + 1 adapted resend) + up to 30 s (Retry-After)
+    // before each of the 2 retries + 10 s slack: the client's own retry schedule.
+    bot.wait(189_000);
     assert!(!bot.effects.contains(&Effect::CancelLlm(lost.id)), "the client may still be retrying");
     bot.wait(1_000);
     assert!(bot.effects.contains(&Effect::CancelLlm(lost.id)));
@@ -538,14 +538,11 @@ fn a_line_copying_the_bots_own_reply_counts_as_an_exchange() {
 #[test]
 fn a_spent_budget_silences_the_channel_until_the_hour_has_passed() {
     let mut bot = Bot::new("channels: [ { name: lounge, budget: { tokens_per_hour: 500, include_pms: false } } ]\n");
-    let usage = Some(chatbot_core::Usage { input_tokens: 250, output_tokens: 50 });
+    let usage = Some(chatbot_core::Usage { input_tokens: 250, output_tokens: 50, cached_input_tokens: 0 });
     for i in 0..2 {
         bot.say(&format!("u{i}"), "kryten?");
         let call = bot.last_call();
-        bot.input(Input::LlmDone {
-            id: call.id,
-            result: Ok(chatbot_core::LlmReply { text: format!("reply {i}"), usage }),
-        });
+        bot.input(Input::LlmDone { id: call.id, result: Ok(chatbot_core::LlmReply::new(format!("reply {i}"), usage)) });
     }
     // 600 spent: one reply over, never more.
     assert_eq!(bot.engine.status()[0].tokens_hour, 600);
@@ -648,4 +645,28 @@ fn operators_can_mute_unmute_and_clear_a_channel() {
     let recent = bot.engine.recent_decisions("lounge", 2);
     assert_eq!(recent.len(), 2);
     assert_eq!(recent[1].outcome, Outcome::Fired);
+}
+
+#[test]
+fn a_reply_cut_by_the_token_cap_keeps_only_its_complete_sentences() {
+    let mut bot = Bot::new("channels: [ { name: lounge } ]\n");
+    bot.say("a", "kryten, tell me about it");
+    let call = bot.last_call();
+    let cut = chatbot_core::LlmReply {
+        text: "It is a fine film. The director also made the".into(),
+        usage: None,
+        truncated: true,
+    };
+    bot.input(Input::LlmDone { id: call.id, result: Ok(cut) });
+    assert_eq!(bot.said(), ["It is a fine film."]);
+}
+
+#[test]
+fn a_reasoning_model_that_ran_out_of_tokens_is_dropped_as_truncated() {
+    let mut bot = Bot::new("channels: [ { name: lounge } ]\n");
+    bot.say("a", "kryten?");
+    let call = bot.last_call();
+    bot.fail(&call, LlmError::Truncated);
+    assert_eq!(bot.reasons(Outcome::Dropped), [Reason::LlmFailed(LlmError::Truncated)]);
+    assert_eq!(Reason::LlmFailed(LlmError::Truncated).label(), "llm_truncated");
 }

@@ -83,7 +83,7 @@ fn run(max_exchanges: u32, minutes: u64, pokes: &[u64]) -> [Vec<chatbot_core::De
                     said[side] += 1;
                     let other = NAMES[1 - side];
                     let text = format!("{other}, that is point number {} from me. What do you think?", said[side]);
-                    inputs.push((side, Input::LlmDone { id, result: Ok(LlmReply { text, usage: None }) }));
+                    inputs.push((side, Input::LlmDone { id, result: Ok(LlmReply::new(text, None)) }));
                 }
             }
         } else {

@@ -237,6 +237,7 @@ impl Report {
                 let usage = reply.usage.unwrap_or(chatbot_core::Usage {
                     input_tokens: estimated_input,
                     output_tokens: estimate_tokens(&reply.text),
+                    cached_input_tokens: 0,
                 });
                 ch.input_tokens += usage.input_tokens;
                 ch.output_tokens += usage.output_tokens;

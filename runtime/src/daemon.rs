@@ -533,8 +533,16 @@ impl Daemon {
                 }
                 Err(e) => {
                     p.consecutive_failures += 1;
-                    p.last_error = Some(e.label());
-                    tracing::warn!(provider, error = e.label(), attempts = outcome.attempts, "llm request failed");
+                    let why = outcome.detail.as_deref().unwrap_or("");
+                    p.last_error =
+                        Some(if why.is_empty() { e.label().to_owned() } else { format!("{}: {why}", e.label()) });
+                    tracing::warn!(
+                        provider,
+                        error = e.label(),
+                        reason = why,
+                        attempts = outcome.attempts,
+                        "llm request failed"
+                    );
                 }
             }
         });

@@ -51,7 +51,7 @@ pub struct ProviderHealth {
     /// Failures since the last success.
     pub consecutive_failures: u64,
     /// Label of the last failure.
-    pub last_error: Option<&'static str>,
+    pub last_error: Option<String>,
     /// Requests answered successfully.
     pub ok: u64,
 }

@@ -414,7 +414,7 @@ impl<'a> World<'a> {
                 Effect::CallLlm(call) => {
                     let latency = self.rand(self.plan.max_llm_latency_ms);
                     let text = format!("sure thing ({})", call.id.0);
-                    let input = Input::LlmDone { id: call.id, result: Ok(LlmReply { text, usage: None }) };
+                    let input = Input::LlmDone { id: call.id, result: Ok(LlmReply::new(text, None)) };
                     self.at(self.now + latency, Msg::Deliver { i, g, input, net: false });
                 }
                 Effect::CancelLlm(id) => {

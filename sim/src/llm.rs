@@ -50,6 +50,7 @@ fn usage(call: &LlmCall, reply: &str) -> Usage {
     Usage {
         input_tokens: call.messages.iter().map(|m| estimate_tokens(&m.content) + 4).sum(),
         output_tokens: estimate_tokens(reply),
+        cached_input_tokens: 0,
     }
 }
 
@@ -146,7 +147,7 @@ impl Responder for Offline {
     fn respond(&mut self, call: &LlmCall) -> Answer {
         let text = self.text(call);
         let latency = Duration::from_millis(400 + hash((&text, call.id)) % 1200);
-        Answer { latency, result: Ok(LlmReply { usage: Some(usage(call, &text)), text }) }
+        Answer { latency, result: Ok(LlmReply { usage: Some(usage(call, &text)), text, truncated: false }) }
     }
 }
 
@@ -261,7 +262,7 @@ impl Responder for Script {
         Answer {
             latency: rule.latency.unwrap_or(Duration::from_millis(default_latency)),
             result: match &rule.outcome {
-                Ok(text) => Ok(LlmReply { usage: Some(usage(call, text)), text: text.clone() }),
+                Ok(text) => Ok(LlmReply::new(text.clone(), Some(usage(call, text)))),
                 Err(e) => Err(*e),
             },
         }

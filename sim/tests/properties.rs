@@ -40,7 +40,7 @@ impl Responder for Adversary {
         let result = match (h >> 8) % 12 {
             0 => Err(LlmError::Timeout),
             1 => Err(LlmError::Status(503)),
-            _ => Ok(LlmReply { text, usage: None }),
+            _ => Ok(LlmReply::new(text, None)),
         };
         Answer { latency: Duration::from_millis(50 + (h >> 16) % 40_000), result }
     }

@@ -134,23 +134,10 @@ impl FakeLlm {
     /// Starts on a free port; unscripted requests answer "echo: <last user message>", or
     /// "sure thing, here you go tokN" when the prompt carries a benchmark token `tokN`.
     pub async fn start() -> FakeLlm {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let script: Arc<Mutex<VecDeque<Behavior>>> = Arc::default();
         let requests: Requests = Arc::default();
         let (s, r) = (script.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let _ = stream.set_nodelay(true);
-                let (s, r) = (s.clone(), r.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone(), r.clone()));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
+        let (addr, task) = serve(move |req| handle(req, s.clone(), r.clone())).await;
         FakeLlm { addr, script, requests, task }
     }
 
@@ -168,6 +155,121 @@ impl FakeLlm {
 }
 
 impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves HTTP/1.1 on a free loopback port with `handler` until the task is aborted.
+async fn serve<F, Fut>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(handler);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// One request as a provider fake saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query, e.g. `/openai/deployments/d/chat/completions?api-version=…`.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The JSON body (`Null` when it was not JSON).
+    pub body: Value,
+}
+
+/// What a provider fake answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A 200 chat completion with `text` (and `finish_reason`).
+    pub fn completion(text: &str, finish_reason: &str) -> Answer {
+        let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+                          "usage": {"prompt_tokens": 10, "completion_tokens": 3}});
+        Answer::json(200, body)
+    }
+
+    /// `status` with a JSON body.
+    pub fn json(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+/// An in-process server that behaves as one provider documents: `answer` decides each
+/// response from the request; every request is kept in `seen`.
+pub struct FakeProvider {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeProvider {
+    pub async fn start(answer: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> FakeProvider {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let answer = Arc::new(answer);
+        let s = seen.clone();
+        let (addr, task) = serve(move |req: Request<Incoming>| {
+            let (s, answer) = (s.clone(), answer.clone());
+            async move {
+                let path = req.uri().path_and_query().map_or(String::new(), |p| p.to_string());
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let request = Seen { path, headers, body: serde_json::from_slice(&body).unwrap_or(Value::Null) };
+                let a = answer(&request);
+                s.lock().unwrap().push(request);
+                let mut resp = Response::new(Full::new(Bytes::from(a.body)));
+                *resp.status_mut() = StatusCode::from_u16(a.status).unwrap();
+                for (k, v) in a.headers {
+                    resp.headers_mut()
+                        .insert(hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+        .await;
+        FakeProvider { addr, seen, task }
+    }
+
+    /// `http://127.0.0.1:PORT` (append the provider's path).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeProvider {
     fn drop(&mut self) {
         self.task.abort();
     }

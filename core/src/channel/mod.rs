@@ -744,7 +744,7 @@ impl Channel {
             (Purpose::ParticipationCheck, Err(e)) => {
                 self.contextual(env, Outcome::Dropped, Reason::LlmFailed(e));
             }
-            (Purpose::Reply, Ok(reply)) => match self.rules.process(&reply.text, &self.recent) {
+            (Purpose::Reply, Ok(reply)) => match self.rules.process(reply_text(&reply), &self.recent) {
                 Ok(parts) => self.enqueue(env, &pending, parts, None),
                 Err(rejection) => {
                     let reason = match rejection {
@@ -942,6 +942,16 @@ struct Ask<'a> {
     probability: f64,
     cooldown: Duration,
     prompt: Prompt,
+}
+
+/// What of a reply may be said: a reply cut by the token cap keeps only its complete
+/// sentences, when it has one.
+fn reply_text(reply: &LlmReply) -> &str {
+    if reply.truncated {
+        crate::response::complete_sentences(&reply.text)
+    } else {
+        &reply.text
+    }
 }
 
 /// Reasons specific to one trigger: another matching trigger may still fire.

@@ -291,10 +291,24 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     /// Model name.
     pub model: String,
-    /// Sampling temperature.
-    pub temperature: f32,
-    /// Completion token cap.
+    /// Sampling temperature; `None`: not sent (reasoning models accept only their own).
+    pub temperature: Option<f32>,
+    /// Completion token cap (what budgets reserve per request).
     pub max_tokens: u32,
+    /// The request field `max_tokens` is sent as.
+    pub max_tokens_param: MaxTokensParam,
+    /// Merged into the top level of the request JSON after the bot's own fields; a
+    /// `null` removes a field the bot would send.
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
+    /// Literal extra headers (never one of the bot's own, never a secret).
+    pub extra_headers: BTreeMap<String, String>,
+    /// Extra headers whose values come from these environment variables (secrets).
+    pub extra_headers_env: BTreeMap<String, String>,
+    /// Appended to the request URL as a query (Azure's `api-version`).
+    pub extra_query: BTreeMap<String, String>,
+    /// Send the key bare in this header instead of `Authorization: Bearer …` (Azure's
+    /// `api-key`).
+    pub api_key_header: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Retries on connect error, 5xx and 429.
@@ -305,8 +319,35 @@ pub struct ProviderConfig {
     pub breaker: Breaker,
 }
 
+/// How a provider wants the completion cap named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensParam {
+    /// `max_tokens` (most OpenAI-compatible servers).
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens` (OpenAI's reasoning models: gpt-5, o-series).
+    MaxCompletionTokens,
+    /// Not sent at all.
+    None,
+}
+
+impl MaxTokensParam {
+    /// The JSON field name, if any.
+    pub fn field(self) -> Option<&'static str> {
+        match self {
+            MaxTokensParam::MaxTokens => Some("max_tokens"),
+            MaxTokensParam::MaxCompletionTokens => Some("max_completion_tokens"),
+            MaxTokensParam::None => None,
+        }
+    }
+}
+
 /// First wait before retrying a failed request; doubles with each further attempt.
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// How many times one request may be sent again changed, because the provider refused a
+/// parameter (OpenAI's reasoning models and `max_tokens` or `temperature`).
+pub const ADAPTATIONS: u32 = 1;
 /// The longest wait before a retry: a provider's `Retry-After` beyond it is not waited
 /// for (the request fails instead).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -324,10 +365,11 @@ impl ProviderConfig {
         (delay <= MAX_RETRY_AFTER).then_some(delay)
     }
 
-    /// The longest one request can take: every attempt's timeout, plus the longest wait
-    /// [`ProviderConfig::retry_delay`] allows before each retry.
+    /// The longest one request can take: every attempt's timeout (retries and
+    /// [`ADAPTATIONS`] included), plus the longest wait [`ProviderConfig::retry_delay`]
+    /// allows before each retry.
     pub fn worst_case(&self) -> Duration {
-        let attempts = self.retries.saturating_add(1);
+        let attempts = self.retries.saturating_add(1).saturating_add(ADAPTATIONS);
         let waits = (1..=self.retries).map(|a| self.retry_delay(a, Some(MAX_RETRY_AFTER)).unwrap_or_default());
         self.timeout.saturating_mul(attempts).saturating_add(waits.sum())
     }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::value::*;
 use super::{
-    BotConfig, Breaker, CommandScheme, GlobalBudget, HttpConfig, KrytenConfig, Price, SubjectScheme, TlsConfig,
+    BotConfig, Breaker, CommandScheme, GlobalBudget, HttpConfig, KrytenConfig, MaxTokensParam, Price, SubjectScheme,
+    TlsConfig,
 };
 
 /// Combines two layers of the same settings: `self` wins field by field.
@@ -327,10 +328,23 @@ pub(super) struct RawProvider {
     #[serde(default, rename = "api_key")]
     pub(super) _api_key: Option<Forbidden>,
     pub(super) model: String,
-    #[serde(default = "default_temperature")]
-    pub(super) temperature: f32,
+    /// Absent: the default; `null`: not sent.
+    #[serde(default = "default_temperature", deserialize_with = "nullable")]
+    pub(super) temperature: Option<f32>,
     #[serde(default = "default_max_tokens")]
     pub(super) max_tokens: u32,
+    #[serde(default)]
+    pub(super) max_tokens_param: MaxTokensParam,
+    #[serde(default)]
+    pub(super) extra_body: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub(super) extra_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) extra_headers_env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) extra_query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) api_key_header: Option<String>,
     #[serde(default = "default_llm_timeout")]
     pub(super) timeout: PositiveDur,
     #[serde(default = "default_retries")]
@@ -341,8 +355,12 @@ pub(super) struct RawProvider {
     pub(super) breaker: Breaker,
 }
 
-pub(super) fn default_temperature() -> f32 {
-    0.8
+pub(super) fn default_temperature() -> Option<f32> {
+    Some(0.8)
+}
+/// A value that may be written `null` (which differs from leaving the key out).
+fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
 }
 pub(super) fn default_max_tokens() -> u32 {
     200

@@ -106,6 +106,7 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
                 "base_url must start with http:// or https://",
             ));
         }
+        check_headers(&name, &p, at)?;
         providers.insert(
             name,
             ProviderConfig {
@@ -114,6 +115,12 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
                 model: p.model,
                 temperature: p.temperature,
                 max_tokens: p.max_tokens,
+                max_tokens_param: p.max_tokens_param,
+                extra_body: p.extra_body,
+                extra_headers: p.extra_headers,
+                extra_headers_env: p.extra_headers_env,
+                extra_query: p.extra_query,
+                api_key_header: p.api_key_header,
                 timeout: p.timeout.0,
                 retries: p.retries,
                 price_per_million: p.price_per_million,
@@ -287,6 +294,39 @@ fn check_patterns(config: &Config, at: &Locator) -> Result<(), ConfigError> {
             whole_words_regex(block.iter().map(String::as_str), false)
                 .map_err(|e| too_large(&format!("channels[{i}].response.block_keywords"), "block_keywords", e))?;
         }
+    }
+    Ok(())
+}
+
+/// Headers that carry a secret: never written in the file.
+const SECRET_HEADERS: &[&str] = &["authorization", "api-key", "x-api-key", "proxy-authorization"];
+
+/// Header names and values a request can carry (RFC 9110 tokens; visible ASCII values),
+/// and no secret written in the file.
+fn check_headers(provider: &str, p: &RawProvider, at: &Locator) -> Result<(), ConfigError> {
+    let path = |key: &str| format!("llm.providers.{provider}.{key}");
+    let is_token =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let names = p
+        .extra_headers
+        .keys()
+        .map(|n| ("extra_headers", n))
+        .chain(p.extra_headers_env.keys().map(|n| ("extra_headers_env", n)))
+        .chain(p.api_key_header.iter().map(|n| ("api_key_header", n)));
+    for (key, name) in names {
+        if !is_token(name) {
+            return Err(at.key(&path(key), key, "", 0, &format!("`{name}` is not a valid header name")));
+        }
+    }
+    for (name, value) in &p.extra_headers {
+        let problem = if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            format!("`{name}` carries a secret: name an environment variable in extra_headers_env instead")
+        } else if !value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            format!("the value of `{name}` must be printable ASCII")
+        } else {
+            continue;
+        };
+        return Err(at.key(&path("extra_headers"), name, "", 0, &problem));
     }
     Ok(())
 }

@@ -121,7 +121,7 @@ fn the_retry_schedule_doubles_honours_retry_after_and_bounds_the_deadline() {
     assert_eq!(p.retry_delay(1, Some(Duration::from_secs(7))), Some(Duration::from_secs(7)));
     assert_eq!(p.retry_delay(1, Some(MAX_RETRY_AFTER + Duration::from_millis(1))), None);
     // Every attempt's timeout plus the longest allowed wait before each retry.
-    assert_eq!(p.worst_case(), p.timeout * 3 + MAX_RETRY_AFTER * 2);
+    assert_eq!(p.worst_case(), p.timeout * (3 + ADAPTATIONS) + MAX_RETRY_AFTER * 2);
 }
 
 #[test]

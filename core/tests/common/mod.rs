@@ -119,7 +119,7 @@ impl Bot {
     }
 
     pub fn reply(&mut self, call: &LlmCall, text: &str) {
-        self.input(Input::LlmDone { id: call.id, result: Ok(LlmReply { text: text.into(), usage: None }) });
+        self.input(Input::LlmDone { id: call.id, result: Ok(LlmReply::new(text, None)) });
     }
 
     pub fn fail(&mut self, call: &LlmCall, error: LlmError) {
