@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chatbot_core::config::{MaxTokensParam, ProviderConfig};
+use chatbot_core::config::{MaxTokensParam, ProviderConfig, ProxySetting};
 use chatbot_core::{LlmError, LlmReply, PromptMessage, Usage};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{
@@ -30,9 +30,13 @@ use hyper::header::{
 };
 use hyper::{Request, StatusCode};
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -48,9 +52,13 @@ struct Adapted {
     temperature: bool,
 }
 
+/// The HTTP client of one provider (its own pool, roots and proxy).
+type Http = Client<HttpsConnector<Transport>, Full<Bytes>>;
+
 /// One provider, ready to call.
 struct Provider {
     name: String,
+    http: Http,
     cfg: ProviderConfig,
     url: hyper::Uri,
     /// The key (or `Authorization: Bearer`) and the extra headers, secrets marked
@@ -59,9 +67,8 @@ struct Provider {
     adapted: Mutex<Adapted>,
 }
 
-/// Every configured provider behind one connection pool.
+/// Every configured provider, each with its connection pool.
 pub struct LlmClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     providers: BTreeMap<String, Provider>,
 }
 
@@ -84,6 +91,26 @@ pub enum ClientError {
         provider: String,
         /// Environment variable name.
         var: String,
+    },
+    /// `ca_file` cannot be read or holds no usable certificate.
+    #[error("provider {provider}: ca_file {path}: {reason}")]
+    CaFile {
+        /// Provider name.
+        provider: String,
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The proxy (`proxy:` or the environment's) is not a usable URL.
+    #[error("provider {provider}: proxy {proxy}: {reason}")]
+    BadProxy {
+        /// Provider name.
+        provider: String,
+        /// Where it came from and what it is (credentials removed).
+        proxy: String,
+        /// Why.
+        reason: String,
     },
     /// A header cannot be sent as configured.
     #[error("provider {provider}: header {header}: {reason}")]
@@ -186,31 +213,20 @@ impl LlmClient {
         providers: &BTreeMap<String, ProviderConfig>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<LlmClient, ClientError> {
-        // Mozilla's roots, compiled in: no file I/O at start-up (loading the system store
-        // took ~200 ms here, most of the time to "ready").
-        // No Nagle: a request (headers, then body) leaves at once instead of waiting for
-        // the peer's ACK of the first segment.
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
         let mut out = BTreeMap::new();
         for (name, cfg) in providers {
+            let url = request_url(name, cfg)?;
             let provider = Provider {
                 name: name.clone(),
-                url: request_url(name, cfg)?,
+                http: http_client(name, cfg, &url, &env)?,
+                url,
                 headers: headers(name, cfg, &env)?,
                 adapted: Mutex::new(Adapted { max_tokens_param: cfg.max_tokens_param, temperature: true }),
                 cfg: cfg.clone(),
             };
             out.insert(name.clone(), provider);
         }
-        Ok(LlmClient { http, providers: out })
+        Ok(LlmClient { providers: out })
     }
 
     /// Builds the client with keys from the process environment.
@@ -297,7 +313,7 @@ impl LlmClient {
             Ok(r) => r,
             Err(e) => return Attempt::Done(Err(Failure::new(LlmError::Connect, e.to_string()))),
         };
-        let resp = match self.http.request(req).await {
+        let resp = match p.http.request(req).await {
             Ok(r) => r,
             // Connect errors and connections dropped mid-request are both worth a retry.
             Err(e) => return Attempt::Retry(Failure::new(LlmError::Connect, error_chain(&e)), None),
@@ -361,6 +377,143 @@ impl Provider {
             tracing::warn!(provider = %self.name, config = %format!("llm.providers.{}", self.name), "{hint}");
         }
     }
+}
+
+/// How connections to one provider are made: directly, or through an HTTP proxy's
+/// `CONNECT` tunnel (TLS then runs end to end through it).
+#[derive(Clone)]
+enum Transport {
+    Direct(HttpConnector),
+    Proxied { tunnel: Box<Tunnel<HttpConnector>>, proxy: String },
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure to reach the provider through its proxy, naming the proxy.
+#[derive(Debug, thiserror::Error)]
+#[error("through proxy {proxy}: {source}")]
+struct ProxyError {
+    proxy: String,
+    source: BoxError,
+}
+
+impl tower_service::Service<hyper::Uri> for Transport {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        match self {
+            Transport::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            Transport::Proxied { tunnel, .. } => tunnel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: hyper::Uri) -> Self::Future {
+        match self {
+            Transport::Direct(c) => {
+                let connecting = c.call(dst);
+                Box::pin(async move { connecting.await.map_err(Into::into) })
+            }
+            Transport::Proxied { tunnel, proxy } => {
+                let (connecting, proxy) = (tunnel.call(dst), proxy.clone());
+                Box::pin(async move { connecting.await.map_err(|e| ProxyError { proxy, source: e.into() }.into()) })
+            }
+        }
+    }
+}
+
+/// The client of one provider: the built-in roots plus its `ca_file`, and its proxy
+/// (`proxy:`, else the environment's, as curl reads it).
+fn http_client(
+    name: &str,
+    cfg: &ProviderConfig,
+    url: &hyper::Uri,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Http, ClientError> {
+    // Mozilla's roots, compiled in: no file I/O at start-up (loading the system store
+    // took ~200 ms here, most of the time to "ready").
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.ca_file {
+        let bad = |reason: String| ClientError::CaFile { provider: name.into(), path: path.clone(), reason };
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    // No Nagle: a request (headers, then body) leaves at once instead of waiting for
+    // the peer's ACK of the first segment.
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let transport = match proxy_for(name, cfg, url, env)? {
+        None => Transport::Direct(tcp),
+        Some(intercept) => {
+            let proxy = format!("{}", intercept.uri());
+            let mut tunnel = Tunnel::new(intercept.uri().clone(), tcp);
+            if let Some(auth) = intercept.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            tracing::debug!(provider = name, proxy = %proxy, "provider reached through a proxy");
+            Transport::Proxied { tunnel: Box::new(tunnel), proxy }
+        }
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(transport);
+    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https))
+}
+
+/// The proxy for `url`: `proxy: none` → none; `proxy: URL` → that one; otherwise the
+/// environment, as curl reads it (`HTTPS_PROXY` / `HTTP_PROXY` by the URL's scheme,
+/// else `ALL_PROXY`; `NO_PROXY` exempts hosts; upper case first, then lower case;
+/// loopback is not exempt unless `NO_PROXY` says so).
+fn proxy_for(
+    name: &str,
+    cfg: &ProviderConfig,
+    url: &hyper::Uri,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<Intercept>, ClientError> {
+    let first = |vars: [&str; 2]| vars.into_iter().find_map(|v| env(v).filter(|s| !s.trim().is_empty()));
+    let matcher = match &cfg.proxy {
+        ProxySetting::Direct => return Ok(None),
+        ProxySetting::Url(u) => Matcher::builder().all(u.as_str()).build(),
+        ProxySetting::FromEnv => {
+            let mut b = Matcher::builder();
+            if let Some(v) = first(["ALL_PROXY", "all_proxy"]) {
+                b = b.all(v);
+            }
+            if let Some(v) = first(["HTTP_PROXY", "http_proxy"]) {
+                b = b.http(v);
+            }
+            if let Some(v) = first(["HTTPS_PROXY", "https_proxy"]) {
+                b = b.https(v);
+            }
+            if let Some(v) = first(["NO_PROXY", "no_proxy"]) {
+                b = b.no(v);
+            }
+            b.build()
+        }
+    };
+    let Some(intercept) = matcher.intercept(url) else { return Ok(None) };
+    if intercept.uri().scheme_str() != Some("http") {
+        return Err(ClientError::BadProxy {
+            provider: name.into(),
+            proxy: format!("{}", intercept.uri()),
+            reason: "only http:// proxies are supported (HTTPS goes through them with CONNECT)".into(),
+        });
+    }
+    Ok(Some(intercept))
 }
 
 /// `{base_url}/chat/completions`, with `extra_query` appended.

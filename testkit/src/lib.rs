@@ -166,20 +166,173 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
+    serve_on(None, handler).await
+}
+
+/// [`serve`], over TLS with `tls` when given.
+async fn serve_on<F, Fut>(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: F,
+) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
+            let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(handler);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    // A client that refuses our certificate ends the handshake: fine.
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
             });
         }
     });
     (addr, task)
+}
+
+/// A real HTTP proxy, Debian's `tinyproxy`, on a free loopback port, any CONNECT port
+/// allowed; its log shows every request it relayed.
+pub struct Tinyproxy {
+    child: Option<Child>,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    pub fn start() -> Tinyproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("tinyproxy.conf");
+        // No ConnectPort line: CONNECT to any port (the fakes listen on random ports).
+        let text =
+            format!("Port {port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Info\nMaxClients 50\nAllow 127.0.0.1\n");
+        std::fs::write(&conf, text).unwrap();
+        let bin = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"].into_iter().find(|p| std::path::Path::new(p).exists());
+        let mut child = Command::new(bin.unwrap_or("tinyproxy"))
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tinyproxy is installed (.ci/run installs it)");
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tinyproxy did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tinyproxy { child: Some(child), port, log, _dir: dir }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// How many requests it relayed whose request line contains `needle` (e.g.
+    /// `CONNECT 127.0.0.1:4433`).
+    pub fn relayed(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains("Request (file descriptor") && l.contains(needle)).count()
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A certificate authority made for one test, and a server certificate it signed for
+/// `127.0.0.1` / `localhost`, as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate (what a client must trust).
+    pub ca_file: PathBuf,
+    /// The server's certificate and key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Pki {
+    /// A fresh CA named `name` and a server certificate from it.
+    pub fn new(name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        leaf.distinguished_name.push(DnType::CommonName, format!("{name} server"));
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| {
+            let p = dir.path().join(file);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (cert_pem, key_pem) = (leaf_cert.pem(), leaf_key.serialize_pem());
+        Pki {
+            ca_file: write("ca.pem", &ca_cert.pem()),
+            cert_file: write("server.pem", &cert_pem),
+            key_file: write("server.key", &key_pem),
+            dir,
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    /// A TLS acceptor presenting the server certificate.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
 }
 
 /// One request as a provider fake saw it.
@@ -225,14 +378,29 @@ pub struct FakeProvider {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    scheme: &'static str,
 }
 
 impl FakeProvider {
     pub async fn start(answer: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> FakeProvider {
+        FakeProvider::start_on(None, answer).await
+    }
+
+    /// The same over HTTPS with `pki`'s server certificate.
+    pub async fn start_tls(pki: &Pki, answer: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> FakeProvider {
+        let mut p = FakeProvider::start_on(Some(pki.acceptor()), answer).await;
+        p.scheme = "https";
+        p
+    }
+
+    async fn start_on(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        answer: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> FakeProvider {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let answer = Arc::new(answer);
         let s = seen.clone();
-        let (addr, task) = serve(move |req: Request<Incoming>| {
+        let (addr, task) = serve_on(tls, move |req: Request<Incoming>| {
             let (s, answer) = (s.clone(), answer.clone());
             async move {
                 let path = req.uri().path_and_query().map_or(String::new(), |p| p.to_string());
@@ -255,12 +423,12 @@ impl FakeProvider {
             }
         })
         .await;
-        FakeProvider { addr, seen, task }
+        FakeProvider { addr, seen, task, scheme: "http" }
     }
 
-    /// `http://127.0.0.1:PORT` (append the provider's path).
+    /// `http(s)://127.0.0.1:PORT` (append the provider's path).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The requests so far.

@@ -309,6 +309,10 @@ pub struct ProviderConfig {
     /// Send the key bare in this header instead of `Authorization: Bearer …` (Azure's
     /// `api-key`).
     pub api_key_header: Option<String>,
+    /// PEM CA certificates trusted for this provider besides the built-in roots.
+    pub ca_file: Option<String>,
+    /// How to reach the provider.
+    pub proxy: ProxySetting,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Retries on connect error, 5xx and 429.
@@ -317,6 +321,19 @@ pub struct ProviderConfig {
     pub price_per_million: Price,
     /// Circuit breaker settings.
     pub breaker: Breaker,
+}
+
+/// A provider's `proxy:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProxySetting {
+    /// Not set: the environment decides, as curl does (`HTTPS_PROXY`, `HTTP_PROXY`,
+    /// `ALL_PROXY`, `NO_PROXY`, upper or lower case).
+    #[default]
+    FromEnv,
+    /// `none`: connect directly whatever the environment says.
+    Direct,
+    /// An `http://` proxy URL (credentials in it are sent as `Proxy-Authorization`).
+    Url(String),
 }
 
 /// How a provider wants the completion cap named.

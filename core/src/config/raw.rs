@@ -345,6 +345,10 @@ pub(super) struct RawProvider {
     pub(super) extra_query: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) api_key_header: Option<String>,
+    #[serde(default)]
+    pub(super) ca_file: Option<String>,
+    #[serde(default)]
+    pub(super) proxy: Option<String>,
     #[serde(default = "default_llm_timeout")]
     pub(super) timeout: PositiveDur,
     #[serde(default = "default_retries")]

@@ -107,6 +107,29 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
             ));
         }
         check_headers(&name, &p, at)?;
+        let proxy = match p.proxy.as_deref().map(str::trim) {
+            None => ProxySetting::FromEnv,
+            Some("none") => ProxySetting::Direct,
+            Some(url) if url.starts_with("http://") && url.len() > "http://".len() => ProxySetting::Url(url.to_owned()),
+            Some(url) => {
+                return Err(at.key(
+                    &format!("llm.providers.{name}.proxy"),
+                    "proxy",
+                    "",
+                    0,
+                    &format!("`{url}`: a proxy is an http:// URL (HTTPS goes through it with CONNECT), or `none`"),
+                ))
+            }
+        };
+        if p.base_url.contains('?') {
+            return Err(at.key(
+                &format!("llm.providers.{name}.base_url"),
+                "base_url",
+                "",
+                0,
+                "base_url must not carry a query: put its parameters in extra_query",
+            ));
+        }
         providers.insert(
             name,
             ProviderConfig {
@@ -121,6 +144,8 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
                 extra_headers_env: p.extra_headers_env,
                 extra_query: p.extra_query,
                 api_key_header: p.api_key_header,
+                ca_file: p.ca_file,
+                proxy,
                 timeout: p.timeout.0,
                 retries: p.retries,
                 price_per_million: p.price_per_million,
