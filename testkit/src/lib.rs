@@ -290,6 +290,7 @@ pub struct Pki {
     pub key_file: PathBuf,
     cert_pem: String,
     key_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
@@ -321,7 +322,22 @@ impl Pki {
             dir,
             cert_pem,
             key_pem,
+            issuer,
         }
+    }
+
+    /// A client certificate (for mutual TLS) signed by the CA: (certificate, key) files.
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
     }
 
     /// A TLS acceptor presenting the server certificate.
