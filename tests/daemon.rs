@@ -255,9 +255,9 @@ async fn health_metrics_lifecycle_and_service_commands_answer() {
     for family in [
         "llm_chatbot_events_total{channel=\"lounge\"} 1",
         "llm_chatbot_decisions_total{channel=\"lounge\",trigger=\"mention\",outcome=\"fired\",reason=\"\"} 1",
-        "llm_chatbot_llm_requests_total{outcome=\"ok\"} 1",
+        "llm_chatbot_llm_requests_total{provider=\"main\",outcome=\"ok\"} 1",
         "llm_chatbot_messages_sent_total{channel=\"lounge\"} 1",
-        "llm_chatbot_llm_request_duration_seconds_count 1",
+        "llm_chatbot_llm_request_duration_seconds_count{provider=\"main\"} 1",
         "llm_chatbot_nats_reconnects_total 0",
     ] {
         assert!(metrics.contains(family), "missing {family} in\n{metrics}");

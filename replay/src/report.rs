@@ -87,6 +87,8 @@ pub struct ChannelReport {
     pub input_tokens: u64,
     /// Estimated completion tokens.
     pub output_tokens: u64,
+    /// Prompt tokens the provider reported as served from its cache.
+    pub cached_input_tokens: u64,
     /// Estimated cost at the providers' `price_per_million`.
     pub cost: f64,
     /// Tokens per hour of corpus time.
@@ -241,7 +243,8 @@ impl Report {
                 });
                 ch.input_tokens += usage.input_tokens;
                 ch.output_tokens += usage.output_tokens;
-                ch.cost += (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output) / 1e6;
+                ch.cached_input_tokens += usage.cached_input_tokens;
+                ch.cost += price.cost(&usage);
                 "ok"
             }
             Err(e) => e.label(),

@@ -82,11 +82,12 @@ fn channel(out: &mut String, ch: &ChannelReport) {
         out,
         "llm",
         format!(
-            "{} calls ({}) · {} · ~{} tokens in, ~{} out (~{}/h, cost {:.4})",
+            "{} calls ({}) · {} · ~{} tokens in{}, ~{} out (~{}/h, cost {:.4})",
             ch.llm_calls.values().sum::<u64>(),
             counts(&ch.llm_calls),
             if answers.is_empty() { "-".into() } else { answers.join(" | ") },
             ch.input_tokens,
+            if ch.cached_input_tokens > 0 { format!(" ({} cached)", ch.cached_input_tokens) } else { String::new() },
             ch.output_tokens,
             ch.tokens_per_hour,
             ch.cost

@@ -494,6 +494,7 @@ impl Daemon {
             self.shared.metrics.tokens(&c.name, c.tokens_hour);
         }
         self.shared.metrics.queue_depth.set(queued as i64);
+        self.shared.metrics.nats_connected.set(i64::from(self.connected));
         self.shared.metrics.channels.set(channels.len() as i64);
         self.shared.update_health(|h| {
             h.channels = channels;
@@ -503,6 +504,10 @@ impl Daemon {
             h.spend = engine.spend();
             h.ha = engine.lease_stats().map(|s| {
                 self.shared.metrics.leases(s);
+                for c in &engine.config().channels {
+                    let mine = engine.lease_owner(&c.name) == Some(engine.config().ha.instance.as_str());
+                    self.shared.metrics.channel_owned(&c.name, mine);
+                }
                 let owners: serde_json::Map<String, serde_json::Value> = engine
                     .config()
                     .channels
@@ -523,13 +528,22 @@ impl Daemon {
             Ok(_) => "ok",
             Err(e) => e.label(),
         };
-        self.shared.metrics.llm(label, outcome.elapsed.as_secs_f64());
+        self.shared.metrics.llm(provider, label, outcome.elapsed.as_secs_f64());
+        let price = self.engine.config().llm.providers.get(provider).map(|p| p.price_per_million).unwrap_or_default();
         self.shared.update_health(|h| {
             let p = h.providers.entry(provider.to_owned()).or_default();
             match &outcome.result {
-                Ok(_) => {
+                Ok(reply) => {
                     p.ok += 1;
                     p.consecutive_failures = 0;
+                    if let Some(u) = &reply.usage {
+                        let cost = price.cost(u);
+                        self.shared.metrics.usage(provider, u, cost);
+                        p.input_tokens += u.input_tokens;
+                        p.cached_input_tokens += u.cached_input_tokens.min(u.input_tokens);
+                        p.output_tokens += u.output_tokens;
+                        p.cost += cost;
+                    }
                 }
                 Err(e) => {
                     p.consecutive_failures += 1;

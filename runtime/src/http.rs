@@ -50,10 +50,18 @@ pub struct HealthState {
 pub struct ProviderHealth {
     /// Failures since the last success.
     pub consecutive_failures: u64,
-    /// Label of the last failure.
+    /// The last failure: its label and why, in words.
     pub last_error: Option<String>,
     /// Requests answered successfully.
     pub ok: u64,
+    /// Prompt tokens reported (cached ones included).
+    pub input_tokens: u64,
+    /// Of those, served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Completion tokens reported.
+    pub output_tokens: u64,
+    /// Spend at `price_per_million`.
+    pub cost: f64,
 }
 
 /// Everything the HTTP handlers read.
@@ -123,6 +131,8 @@ fn document(h: &HealthState) -> Value {
             "consecutive_failures": p.consecutive_failures,
             "last_error": p.last_error,
             "ok": p.ok,
+            "tokens": {"input": p.input_tokens, "cached_input": p.cached_input_tokens, "output": p.output_tokens},
+            "cost": (p.cost * 1e6).round() / 1e6,
         }))).collect::<serde_json::Map<_, _>>()},
         "spend": {"tokens_last_hour": h.spend.0, "tokens_last_day": h.spend.1},
         "channels": h.channels.iter().map(|c| json!({

@@ -23,8 +23,21 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
+struct OutcomeLabels {
+    provider: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    /// `input` (not cached), `cached_input` or `output`.
+    kind: &'static str,
 }
 
 /// Every metric family the daemon exports.
@@ -32,8 +45,13 @@ pub struct Metrics {
     registry: Registry,
     events: Family<ChannelLabel, Counter>,
     decisions: Family<DecisionLabels, Counter>,
-    llm_requests: Family<OutcomeLabel, Counter>,
-    llm_latency: Histogram,
+    llm_requests: Family<OutcomeLabels, Counter>,
+    llm_latency: Family<ProviderLabel, Histogram>,
+    llm_tokens: Family<TokenLabels, Counter>,
+    llm_cost: Family<ProviderLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while connected to NATS.
+    pub nats_connected: Gauge,
+    ha_channel_owned: Family<ChannelLabel, Gauge>,
     messages_sent: Family<ChannelLabel, Counter>,
     /// Commands waiting in the channels' send queues.
     pub queue_depth: Gauge,
@@ -68,7 +86,11 @@ impl Metrics {
             events: Family::default(),
             decisions: Family::default(),
             llm_requests: Family::default(),
-            llm_latency: Histogram::new(exponential_buckets(0.05, 2.0, 10)),
+            llm_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 10))),
+            llm_tokens: Family::default(),
+            llm_cost: Family::default(),
+            nats_connected: Gauge::default(),
+            ha_channel_owned: Family::default(),
             messages_sent: Family::default(),
             queue_depth: Gauge::default(),
             in_flight: Gauge::default(),
@@ -86,10 +108,30 @@ impl Metrics {
         };
         registry.register("events", "Kryten events received, by channel", m.events.clone());
         registry.register("decisions", "Engine decisions by channel, trigger, outcome and reason", m.decisions.clone());
-        registry.register("llm_requests", "LLM requests by outcome (ok or the failure kind)", m.llm_requests.clone());
+        registry.register(
+            "llm_requests",
+            "LLM requests by provider and outcome (ok or the failure kind)",
+            m.llm_requests.clone(),
+        );
+        registry.register(
+            "llm_tokens",
+            "LLM tokens by provider and kind (input not cached, cached_input, output), as providers reported them",
+            m.llm_tokens.clone(),
+        );
+        registry.register(
+            "llm_cost",
+            "LLM spend at the providers' price_per_million (cached input at cached_input), in their currency",
+            m.llm_cost.clone(),
+        );
+        registry.register("nats_connected", "1 while connected to NATS, 0 while not", m.nats_connected.clone());
+        registry.register(
+            "ha_channel_owned",
+            "1 for each channel whose lease this instance holds, 0 for the others (ha)",
+            m.ha_channel_owned.clone(),
+        );
         registry.register(
             "llm_request_duration_seconds",
-            "LLM request latency including retries",
+            "LLM request latency including retries, by provider",
             m.llm_latency.clone(),
         );
         registry.register("messages_sent", "Chat messages and PMs published, by channel", m.messages_sent.clone());
@@ -128,10 +170,27 @@ impl Metrics {
         self.decisions.get_or_create(&labels).inc();
     }
 
-    /// One LLM request finished.
-    pub fn llm(&self, outcome: &str, seconds: f64) {
-        self.llm_requests.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
-        self.llm_latency.observe(seconds);
+    /// One LLM request to `provider` finished.
+    pub fn llm(&self, provider: &str, outcome: &str, seconds: f64) {
+        let labels = OutcomeLabels { provider: provider.to_owned(), outcome: outcome.to_owned() };
+        self.llm_requests.get_or_create(&labels).inc();
+        self.llm_latency.get_or_create(&ProviderLabel { provider: provider.to_owned() }).observe(seconds);
+    }
+
+    /// Tokens a reply from `provider` used, and what they cost.
+    pub fn usage(&self, provider: &str, usage: &chatbot_core::Usage, cost: f64) {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        for (kind, n) in
+            [("input", usage.input_tokens - cached), ("cached_input", cached), ("output", usage.output_tokens)]
+        {
+            self.llm_tokens.get_or_create(&TokenLabels { provider: provider.to_owned(), kind }).inc_by(n);
+        }
+        self.llm_cost.get_or_create(&ProviderLabel { provider: provider.to_owned() }).inc_by(cost);
+    }
+
+    /// Whether this instance holds `channel`'s lease (`ha`).
+    pub fn channel_owned(&self, channel: &str, owned: bool) {
+        self.ha_channel_owned.get_or_create(&ChannelLabel { channel: channel.to_owned() }).set(i64::from(owned));
     }
 
     /// One message published to `channel`.

@@ -82,6 +82,23 @@ pub struct Price {
     /// Per million completion tokens.
     #[serde(default)]
     pub output: f64,
+    /// Per million prompt tokens served from the provider's prompt cache; unset: the
+    /// `input` price.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+}
+
+impl Price {
+    /// What `usage` costs: cached prompt tokens at `cached_input`, the rest of the prompt
+    /// at `input`, the completion at `output`.
+    pub fn cost(&self, usage: &crate::Usage) -> f64 {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let fresh = usage.input_tokens - cached;
+        (fresh as f64 * self.input
+            + cached as f64 * self.cached_input.unwrap_or(self.input)
+            + usage.output_tokens as f64 * self.output)
+            / 1e6
+    }
 }
 
 /// A provider's circuit breaker: opens after `failures` transient failures in a row,
