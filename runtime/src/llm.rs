@@ -887,4 +887,82 @@ mod tests {
         assert_eq!(&decode("br", Bytes::from_static(br)).unwrap()[..], text);
         assert!(decode("zstd", Bytes::new()).unwrap_err().contains("unsupported Content-Encoding"));
     }
+
+    /// Every ```yaml block of docs/providers.md as its provider's config.
+    fn presets() -> BTreeMap<String, ProviderConfig> {
+        let doc = include_str!("../../docs/providers.md");
+        let mut yaml = String::from("bot: { name: B }\nllm:\n  providers:\n");
+        for block in doc.split("```yaml\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            for line in block.lines() {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        yaml.push_str("channels: [ { name: c, provider: openai } ]\n");
+        chatbot_core::Config::parse(&yaml, "docs/providers.md").unwrap_or_else(|e| panic!("{e}")).llm.providers
+    }
+
+    #[test]
+    fn the_presets_in_docs_providers_md_build_the_requests_each_provider_documents() {
+        let presets = presets();
+        assert_eq!(presets.len(), 13, "one block per provider");
+        let env = |v: &str| Some(format!("key-of-{v}"));
+        let request = |name: &str| {
+            let cfg = &presets[name];
+            let url = request_url(name, cfg).unwrap().to_string();
+            let h = headers(name, cfg, &env).unwrap();
+            let state = Adapted { max_tokens_param: cfg.max_tokens_param, temperature: true };
+            (url, h, request_body(cfg, &[], state))
+        };
+        let bearer = |h: &HeaderMap, var: &str| {
+            h.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer key-of-{var}"))
+        };
+        // (name, URL, key variable sent as Bearer or None)
+        for (name, url, key) in [
+            ("openai", "https://api.openai.com/v1/chat/completions", Some("OPENAI_API_KEY")),
+            ("openai-reasoning", "https://api.openai.com/v1/chat/completions", Some("OPENAI_API_KEY")),
+            ("openrouter", "https://openrouter.ai/api/v1/chat/completions", Some("OPENROUTER_API_KEY")),
+            ("anthropic", "https://api.anthropic.com/v1/chat/completions", Some("ANTHROPIC_API_KEY")),
+            (
+                "gemini",
+                "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+                Some("GEMINI_API_KEY"),
+            ),
+            ("groq", "https://api.groq.com/openai/v1/chat/completions", Some("GROQ_API_KEY")),
+            ("deepseek", "https://api.deepseek.com/v1/chat/completions", Some("DEEPSEEK_API_KEY")),
+            ("mistral", "https://api.mistral.ai/v1/chat/completions", Some("MISTRAL_API_KEY")),
+            ("ollama", "http://127.0.0.1:11434/v1/chat/completions", None),
+            ("llamacpp", "http://127.0.0.1:8080/v1/chat/completions", None),
+            ("vllm", "http://127.0.0.1:8000/v1/chat/completions", Some("VLLM_API_KEY")),
+            ("lmstudio", "http://127.0.0.1:1234/v1/chat/completions", None),
+        ] {
+            let (u, h, _) = request(name);
+            assert_eq!(u, url, "{name}");
+            match key {
+                Some(var) => assert!(bearer(&h, var), "{name}: Bearer key"),
+                None => assert!(h.is_empty(), "{name}: no key"),
+            }
+        }
+        // What each one does differently, as its documentation says.
+        let (_, _, b) = request("openai");
+        assert!(b["max_tokens"] == 200 && b.get("temperature").is_some());
+        let (_, _, b) = request("openai-reasoning");
+        assert!(b.get("max_tokens").is_none() && b.get("temperature").is_none());
+        assert_eq!((b["max_completion_tokens"].as_u64(), b["reasoning_effort"].as_str()), (Some(2000), Some("low")));
+        let (u, h, _) = request("azure");
+        assert_eq!(
+            u,
+            "https://my-resource.openai.azure.com/openai/deployments/my-gpt-4o/chat/completions?api-version=2024-10-21"
+        );
+        assert!(h["api-key"] == "key-of-AZURE_OPENAI_API_KEY" && !h.contains_key(AUTHORIZATION));
+        let (_, h, b) = request("openrouter");
+        assert!(h.contains_key("http-referer") && h["x-title"] == "KrytenBot");
+        assert_eq!(b["provider"], json!({"sort": "price"}));
+        assert_eq!(request("gemini").2["reasoning_effort"], "low");
+        let (_, _, b) = request("groq");
+        assert!(b.get("max_tokens").is_none() && b["max_completion_tokens"] == 200);
+        assert_eq!(request("llamacpp").2["cache_prompt"], true);
+        assert_eq!(request("vllm").2["chat_template_kwargs"], json!({"enable_thinking": false}));
+        assert_eq!(request("anthropic").2["temperature"].as_f64().map(|t| (t * 10.0).round()), Some(7.0));
+    }
 }
