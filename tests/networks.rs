@@ -94,7 +94,9 @@ async fn https_proxy_from_the_environment_carries_requests_and_no_proxy_bypasses
         let bot = Bot::start(BIN, &config_with(&nats, &provider, free_port()), &[(var, &proxy.url())]);
         mention(&client, &format!("p-{var}")).await;
         commands.next(T).await.unwrap_or_else(|| panic!("answered through the proxy ({var}); {}", bot.logs()));
-        assert_eq!(proxy.relayed(&target), before + 1, "{var}: the request went through tinyproxy:\n{}", proxy.logs());
+        // The connection opened at start (and the mention's, if it came first) went
+        // through tinyproxy.
+        assert!(proxy.relayed(&target) > before, "{var}: the request went through tinyproxy:\n{}", proxy.logs());
         drop(bot);
     }
 
@@ -130,7 +132,7 @@ async fn a_configured_proxy_is_used_and_an_unreachable_one_is_named_in_the_failu
     let bot = Bot::start(BIN, &config_with(&nats, &via, free_port()), &[]);
     mention(&client, "c-1").await;
     commands.next(T).await.expect("answered through the configured proxy");
-    assert_eq!(proxy.relayed(&target), 1, "{}", proxy.logs());
+    assert!(proxy.relayed(&target) >= 1, "{}", proxy.logs());
     drop(bot);
 
     let dead = format!("http://127.0.0.1:{}", free_port());

@@ -215,3 +215,30 @@ async fn extra_headers_and_body_reach_the_provider_and_secrets_never_reach_a_log
         assert!(!logs.contains(secret), "{secret} leaked into the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_mention_finds_the_providers_connection_already_open() {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let llm = FakeProvider::start(move |_| {
+        Answer::completion(&format!("warm {}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)), "stop")
+    })
+    .await;
+    let nats = Nats::start();
+    let bot =
+        Bot::start(BIN, &config_with(&nats, &format!("base_url: '{}/v1', model: m", llm.url()), free_port()), &[]);
+    // The connection is opened at start (GET /v1/models), before anyone speaks.
+    for _ in 0..100 {
+        if llm.connections() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(llm.connections(), 1, "connected at start");
+    let client = nats.client().await;
+    let mut commands = Commands::subscribe(&client).await;
+    mention(&client, "w-1").await;
+    assert_eq!(commands.next(T).await.expect("answered")["args"]["message"], "warm 0");
+    assert_eq!(llm.connections(), 1, "the mention went over the connection opened at start");
+    assert_eq!(llm.seen().len(), 1, "the warm-up is not a completion request");
+    drop(bot);
+}

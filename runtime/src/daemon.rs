@@ -472,7 +472,10 @@ impl Daemon {
         new.ha = old.ha.clone();
         if old.llm.providers != new.llm.providers {
             match LlmClient::from_env(&new.llm.providers) {
-                Ok(client) => self.llm = Arc::new(client),
+                Ok(client) => {
+                    self.llm = Arc::new(client);
+                    warm_up(&self.llm);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reload refused: provider unusable; keeping the running config");
                     return;
@@ -563,6 +566,12 @@ impl Daemon {
     }
 }
 
+/// Opens the providers' connections in the background (start-up does not wait).
+fn warm_up(llm: &Arc<LlmClient>) {
+    let llm = llm.clone();
+    tokio::spawn(async move { llm.warm_up().await });
+}
+
 /// A uuid4-shaped id for `meta.request_id`.
 fn request_id(salt: u64, seq: u64) -> String {
     let a = RandomState::new().hash_one((salt, seq));
@@ -596,6 +605,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     for p in llm.providers_without_key() {
         tracing::warn!(provider = p, "the provider's api_key_env variable is not set: requests go without a key");
     }
+    warm_up(&llm);
 
     let (state_tx, mut state_rx) = mpsc::unbounded_channel();
     let client =

@@ -234,6 +234,33 @@ impl LlmClient {
         LlmClient::new(providers, |var| std::env::var(var).ok())
     }
 
+    /// Opens a connection to every provider now (`GET {base_url}/models`, which
+    /// OpenAI-compatible servers answer cheaply; any answer, even an error, leaves the
+    /// connection in the pool), so the first mention does not pay the TCP and TLS
+    /// handshakes. Failures are only logged at debug: the real request will say why.
+    pub async fn warm_up(&self) {
+        let warm = self.providers.values().map(|p| async move {
+            let Ok(url) = endpoint(&p.name, &p.cfg, "models") else { return };
+            let mut req = Request::get(url).header(USER_AGENT, concat!("llm-chatbot/", env!("CARGO_PKG_VERSION")));
+            if let Some(h) = req.headers_mut() {
+                h.extend(p.headers.clone());
+            }
+            let Ok(req) = req.body(Full::new(Bytes::new())) else { return };
+            let started = Instant::now();
+            match tokio::time::timeout(p.cfg.timeout, p.http.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    // Read to the end, so the connection goes back to the pool.
+                    let _ = read_body(resp).await;
+                    tracing::debug!(provider = %p.name, status, elapsed_ms = started.elapsed().as_millis() as u64, "llm connection warmed");
+                }
+                Ok(Err(e)) => tracing::debug!(provider = %p.name, reason = %error_chain(&e), "llm warm-up failed"),
+                Err(_) => tracing::debug!(provider = %p.name, "llm warm-up timed out"),
+            }
+        });
+        futures_util::future::join_all(warm).await;
+    }
+
     /// Names of providers whose key variable is configured but unset.
     pub fn providers_without_key<'a>(&'a self) -> impl Iterator<Item = &'a str> + 'a {
         self.providers
@@ -518,7 +545,12 @@ fn proxy_for(
 
 /// `{base_url}/chat/completions`, with `extra_query` appended.
 fn request_url(name: &str, cfg: &ProviderConfig) -> Result<hyper::Uri, ClientError> {
-    let mut url = format!("{}/chat/completions", cfg.base_url);
+    endpoint(name, cfg, "chat/completions")
+}
+
+/// `{base_url}/{path}`, with `extra_query` appended.
+fn endpoint(name: &str, cfg: &ProviderConfig, path: &str) -> Result<hyper::Uri, ClientError> {
+    let mut url = format!("{}/{path}", cfg.base_url);
     if !cfg.extra_query.is_empty() {
         let mut q = form_urlencoded::Serializer::new(String::new());
         q.extend_pairs(&cfg.extra_query);

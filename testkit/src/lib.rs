@@ -128,6 +128,7 @@ pub struct FakeLlm {
     pub script: Arc<Mutex<VecDeque<Behavior>>>,
     pub requests: Requests,
     task: tokio::task::JoinHandle<()>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeLlm {
@@ -137,8 +138,8 @@ impl FakeLlm {
         let script: Arc<Mutex<VecDeque<Behavior>>> = Arc::default();
         let requests: Requests = Arc::default();
         let (s, r) = (script.clone(), requests.clone());
-        let (addr, task) = serve(move |req| handle(req, s.clone(), r.clone())).await;
-        FakeLlm { addr, script, requests, task }
+        let (addr, task, connections) = serve(move |req| handle(req, s.clone(), r.clone())).await;
+        FakeLlm { addr, script, requests, task, connections }
     }
 
     pub fn base_url(&self) -> String {
@@ -152,6 +153,11 @@ impl FakeLlm {
     pub fn request_count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Drop for FakeLlm {
@@ -161,7 +167,7 @@ impl Drop for FakeLlm {
 }
 
 /// Serves HTTP/1.1 on a free loopback port with `handler` until the task is aborted.
-async fn serve<F, Fut>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+async fn serve<F, Fut>(handler: F) -> Served
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
@@ -169,20 +175,35 @@ where
     serve_on(None, handler).await
 }
 
+/// A running fake server: its address, the task serving it, and how many TCP
+/// connections it accepted.
+type Served = (SocketAddr, tokio::task::JoinHandle<()>, Arc<std::sync::atomic::AtomicUsize>);
+
+/// OpenAI's `GET /models` answer (what clients ask first, and the bot at start to
+/// open its connection): a list with one model. Such requests are not recorded.
+fn models_list(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    (req.method() == hyper::Method::GET && req.uri().path().ends_with("/models")).then(|| {
+        let body = json!({"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": "test"}]});
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        resp
+    })
+}
+
 /// [`serve`], over TLS with `tls` when given.
-async fn serve_on<F, Fut>(
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    handler: F,
-) -> (SocketAddr, tokio::task::JoinHandle<()>)
+async fn serve_on<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Served
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
@@ -202,7 +223,7 @@ where
             });
         }
     });
-    (addr, task)
+    (addr, task, connections)
 }
 
 /// A real HTTP proxy, Debian's `tinyproxy`, on a free loopback port, any CONNECT port
@@ -395,6 +416,7 @@ pub struct FakeProvider {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
     scheme: &'static str,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeProvider {
@@ -416,9 +438,12 @@ impl FakeProvider {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let answer = Arc::new(answer);
         let s = seen.clone();
-        let (addr, task) = serve_on(tls, move |req: Request<Incoming>| {
+        let (addr, task, connections) = serve_on(tls, move |req: Request<Incoming>| {
             let (s, answer) = (s.clone(), answer.clone());
             async move {
+                if let Some(models) = models_list(&req) {
+                    return Ok(models);
+                }
                 let path = req.uri().path_and_query().map_or(String::new(), |p| p.to_string());
                 let headers = req
                     .headers()
@@ -439,12 +464,17 @@ impl FakeProvider {
             }
         })
         .await;
-        FakeProvider { addr, seen, task, scheme: "http" }
+        FakeProvider { addr, seen, task, scheme: "http", connections }
     }
 
     /// `http(s)://127.0.0.1:PORT` (append the provider's path).
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The requests so far.
@@ -470,6 +500,9 @@ async fn handle(
     script: Arc<Mutex<VecDeque<Behavior>>>,
     requests: Requests,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(models) = models_list(&req) {
+        return Ok(models);
+    }
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
