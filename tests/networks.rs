@@ -11,16 +11,6 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
 const T: Duration = Duration::from_secs(10);
 
-fn config_with(nats: &Nats, provider: &str, http_port: u16) -> String {
-    let base = config(&nats.url(), "http://127.0.0.1:9/v1", http_port, &["lounge"], "");
-    let line = base.lines().find(|l| l.trim_start().starts_with("main: {")).unwrap().to_owned();
-    base.replace(&line, &format!("    main: {{ {provider} }}"))
-}
-
-async fn mention(client: &async_nats::Client, id: &str) {
-    publish_event(client, "lounge", "chatMsg", chat("lounge", "alice", &format!("kryten, question {id}?"), id)).await;
-}
-
 fn answering(text: &'static str) -> impl Fn(&Seen) -> Answer + Send + Sync + 'static {
     let n = std::sync::atomic::AtomicUsize::new(0);
     move |_| Answer::completion(&format!("{text} {}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)), "stop")
@@ -35,7 +25,7 @@ async fn a_provider_with_a_private_ca_is_trusted_through_ca_file_and_refused_wit
     let mut commands = Commands::subscribe(&client).await;
 
     let trusted = format!("base_url: '{}/v1', model: m, ca_file: '{}', retries: 0", llm.url(), pki.ca_file.display());
-    let bot = Bot::start(BIN, &config_with(&nats, &trusted, free_port()), &[]);
+    let bot = Bot::start(BIN, &config_with_provider(&nats.url(), &trusted, free_port()), &[]);
     mention(&client, "t-1").await;
     assert_eq!(commands.next(T).await.expect("answered over TLS")["args"]["message"], "over tls 0");
     drop(bot);
@@ -43,7 +33,7 @@ async fn a_provider_with_a_private_ca_is_trusted_through_ca_file_and_refused_wit
     // Without ca_file the certificate is refused: the log and /health say why, and the
     // bot keeps serving.
     let untrusted = format!("base_url: '{}/v1', model: m, retries: 0", llm.url());
-    let bot = Bot::start(BIN, &config_with(&nats, &untrusted, free_port()), &[]);
+    let bot = Bot::start(BIN, &config_with_provider(&nats.url(), &untrusted, free_port()), &[]);
     mention(&client, "t-2").await;
     bot.wait_for("llm request failed", T);
     commands.none(Duration::from_millis(200)).await;
@@ -63,8 +53,8 @@ async fn a_bad_ca_file_stops_the_start_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let not_pem = dir.path().join("ca.pem");
     std::fs::write(&not_pem, "hello").unwrap();
-    let cfg = config_with(
-        &nats,
+    let cfg = config_with_provider(
+        &nats.url(),
         &format!("base_url: 'https://127.0.0.1:9/v1', model: m, ca_file: '{}'", not_pem.display()),
         free_port(),
     );
@@ -91,7 +81,7 @@ async fn https_proxy_from_the_environment_carries_requests_and_no_proxy_bypasses
     // Upper case, then lower case: both are honoured; loopback is not exempt by itself.
     for var in ["HTTPS_PROXY", "https_proxy"] {
         let before = proxy.relayed(&target);
-        let bot = Bot::start(BIN, &config_with(&nats, &provider, free_port()), &[(var, &proxy.url())]);
+        let bot = Bot::start(BIN, &config_with_provider(&nats.url(), &provider, free_port()), &[(var, &proxy.url())]);
         mention(&client, &format!("p-{var}")).await;
         commands.next(T).await.unwrap_or_else(|| panic!("answered through the proxy ({var}); {}", bot.logs()));
         // The connection opened at start (and the mention's, if it came first) went
@@ -104,7 +94,7 @@ async fn https_proxy_from_the_environment_carries_requests_and_no_proxy_bypasses
     let before = proxy.relayed(&target);
     let envs = [("HTTPS_PROXY", proxy.url()), ("NO_PROXY", "localhost,127.0.0.1".to_owned())];
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let bot = Bot::start(BIN, &config_with(&nats, &provider, free_port()), &envs);
+    let bot = Bot::start(BIN, &config_with_provider(&nats.url(), &provider, free_port()), &envs);
     mention(&client, "p-no").await;
     commands.next(T).await.expect("answered directly");
     assert_eq!(proxy.relayed(&target), before, "NO_PROXY bypassed the proxy");
@@ -112,7 +102,8 @@ async fn https_proxy_from_the_environment_carries_requests_and_no_proxy_bypasses
 
     // `proxy: none` in the config wins over the environment.
     let direct = format!("{provider}, proxy: none");
-    let bot = Bot::start(BIN, &config_with(&nats, &direct, free_port()), &[("HTTPS_PROXY", &proxy.url())]);
+    let bot =
+        Bot::start(BIN, &config_with_provider(&nats.url(), &direct, free_port()), &[("HTTPS_PROXY", &proxy.url())]);
     mention(&client, "p-none").await;
     commands.next(T).await.expect("answered directly");
     assert_eq!(proxy.relayed(&target), before);
@@ -129,7 +120,7 @@ async fn a_configured_proxy_is_used_and_an_unreachable_one_is_named_in_the_failu
     let target = format!("127.0.0.1:{}", llm.addr.port());
 
     let via = format!("base_url: '{}/v1', model: m, retries: 0, proxy: '{}'", llm.url(), proxy.url());
-    let bot = Bot::start(BIN, &config_with(&nats, &via, free_port()), &[]);
+    let bot = Bot::start(BIN, &config_with_provider(&nats.url(), &via, free_port()), &[]);
     mention(&client, "c-1").await;
     commands.next(T).await.expect("answered through the configured proxy");
     assert!(proxy.relayed(&target) >= 1, "{}", proxy.logs());
@@ -137,7 +128,7 @@ async fn a_configured_proxy_is_used_and_an_unreachable_one_is_named_in_the_failu
 
     let dead = format!("http://127.0.0.1:{}", free_port());
     let bad = format!("base_url: '{}/v1', model: m, retries: 0, proxy: '{dead}'", llm.url());
-    let bot = Bot::start(BIN, &config_with(&nats, &bad, free_port()), &[]);
+    let bot = Bot::start(BIN, &config_with_provider(&nats.url(), &bad, free_port()), &[]);
     mention(&client, "c-2").await;
     bot.wait_for("llm request failed", T);
     assert!(bot.logs().contains(&format!("through proxy {dead}")), "{}", bot.logs());

@@ -13,17 +13,6 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
 const T: Duration = Duration::from_secs(10);
 
-/// The test config with `provider` (a YAML flow mapping's inside) as `main`.
-fn config_with(nats: &Nats, provider: &str, http_port: u16) -> String {
-    let base = config(&nats.url(), "http://127.0.0.1:9/v1", http_port, &["lounge"], "");
-    let line = base.lines().find(|l| l.trim_start().starts_with("main: {")).unwrap().to_owned();
-    base.replace(&line, &format!("    main: {{ {provider} }}"))
-}
-
-async fn mention(client: &async_nats::Client, id: &str) {
-    publish_event(client, "lounge", "chatMsg", chat("lounge", "alice", &format!("kryten, question {id}?"), id)).await;
-}
-
 async fn health(bot: &Bot) -> Value {
     serde_json::from_str(&http_get(bot.http_port, "/health").await.1).unwrap()
 }
@@ -59,8 +48,8 @@ async fn openai_reasoning_models_are_adapted_to_once_per_request_and_the_reason_
         openai_reasoning_refusal(&r.body).unwrap_or_else(|| Answer::completion(&format!("Hi alice! ({n})"), "stop"))
     })
     .await;
-    let cfg = config_with(
-        &nats,
+    let cfg = config_with_provider(
+        &nats.url(),
         &format!("base_url: '{}/v1', model: gpt-5-mini, timeout: 2s, retries: 0", openai.url()),
         free_port(),
     );
@@ -117,14 +106,18 @@ async fn azure_openai_needs_its_deployment_path_api_version_and_api_key_header()
     let mut commands = Commands::subscribe(&client).await;
     let base = format!("base_url: '{}/openai/deployments/chat-4o', model: gpt-4o, api_key_env: AZ_KEY, api_key_header: api-key, retries: 0", azure.url());
 
-    let right = config_with(&nats, &format!("{base}, extra_query: {{ api-version: '2024-10-21' }}"), free_port());
+    let right = config_with_provider(
+        &nats.url(),
+        &format!("{base}, extra_query: {{ api-version: '2024-10-21' }}"),
+        free_port(),
+    );
     let bot = Bot::start(BIN, &right, &[("AZ_KEY", "azure-key-1")]);
     mention(&client, "a-1").await;
     assert_eq!(commands.next(T).await.expect("answered")["args"]["message"], "from azure");
     assert!(!azure.seen()[0].headers.contains_key("authorization"), "the key goes bare in api-key");
     drop(bot);
 
-    let no_version = config_with(&nats, &base, free_port());
+    let no_version = config_with_provider(&nats.url(), &base, free_port());
     let bot = Bot::start(BIN, &no_version, &[("AZ_KEY", "azure-key-1")]);
     mention(&client, "a-2").await;
     bot.wait_for("Resource not found", T);
@@ -148,8 +141,11 @@ async fn a_gateway_that_always_gzips_its_answers_is_understood() {
     })
     .await;
     let nats = Nats::start();
-    let bot =
-        Bot::start(BIN, &config_with(&nats, &format!("base_url: '{}/v1', model: m", gateway.url()), free_port()), &[]);
+    let bot = Bot::start(
+        BIN,
+        &config_with_provider(&nats.url(), &format!("base_url: '{}/v1', model: m", gateway.url()), free_port()),
+        &[],
+    );
     let client = nats.client().await;
     let mut commands = Commands::subscribe(&client).await;
     mention(&client, "g-1").await;
@@ -169,7 +165,11 @@ async fn a_reasoning_reply_cut_by_the_cap_is_dropped_as_llm_truncated_with_a_hin
     let nats = Nats::start();
     let bot = Bot::start(
         BIN,
-        &config_with(&nats, &format!("base_url: '{}/v1', model: deepseek-reasoner", llm.url()), free_port()),
+        &config_with_provider(
+            &nats.url(),
+            &format!("base_url: '{}/v1', model: deepseek-reasoner", llm.url()),
+            free_port(),
+        ),
         &[],
     );
     let client = nats.client().await;
@@ -193,7 +193,7 @@ async fn extra_headers_and_body_reach_the_provider_and_secrets_never_reach_a_log
         router.url()
     );
     let secrets = [("OR_KEY", "sk-or-v1-SECRETKEY123"), ("GW_TOKEN", "gw-SECRETTOKEN456"), ("RUST_LOG", "trace")];
-    let bot = Bot::spawn(BIN, &config_with(&nats, &provider, free_port()), &secrets, &[]);
+    let bot = Bot::spawn(BIN, &config_with_provider(&nats.url(), &provider, free_port()), &secrets, &[]);
     bot.wait_for("ready", Duration::from_secs(15));
     let client = nats.client().await;
     let mut commands = Commands::subscribe(&client).await;
@@ -224,8 +224,11 @@ async fn the_first_mention_finds_the_providers_connection_already_open() {
     })
     .await;
     let nats = Nats::start();
-    let bot =
-        Bot::start(BIN, &config_with(&nats, &format!("base_url: '{}/v1', model: m", llm.url()), free_port()), &[]);
+    let bot = Bot::start(
+        BIN,
+        &config_with_provider(&nats.url(), &format!("base_url: '{}/v1', model: m", llm.url()), free_port()),
+        &[],
+    );
     // The connection is opened at start (GET /v1/models), before anyone speaks.
     for _ in 0..100 {
         if llm.connections() == 1 {

@@ -226,6 +226,41 @@ where
     (addr, task, connections)
 }
 
+/// Collects a child's stderr and stdout lines as they come (one thread per pipe).
+fn capture(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, Vec<std::thread::JoinHandle<()>>) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let pipes = [
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ];
+    let readers = pipes
+        .into_iter()
+        .flatten()
+        .map(|pipe| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            })
+        })
+        .collect();
+    (log, readers)
+}
+
+/// The test config (see [`config`]) with `provider` (the inside of a YAML flow mapping)
+/// as the provider `main`, and one channel, `lounge`.
+pub fn config_with_provider(nats: &str, provider: &str, http_port: u16) -> String {
+    let base = config(nats, "http://127.0.0.1:9/v1", http_port, &["lounge"], "");
+    let line = base.lines().find(|l| l.trim_start().starts_with("main: {")).expect("a provider line").to_owned();
+    base.replace(&line, &format!("    main: {{ {provider} }}"))
+}
+
+/// alice mentions the bot in `lounge` (correlation id `id`).
+pub async fn mention(client: &async_nats::Client, id: &str) {
+    publish_event(client, "lounge", "chatMsg", chat("lounge", "alice", &format!("kryten, question {id}?"), id)).await;
+}
+
 /// A real HTTP proxy, Debian's `tinyproxy`, on a free loopback port, any CONNECT port
 /// allowed; its log shows every request it relayed.
 pub struct Tinyproxy {
@@ -252,21 +287,7 @@ impl Tinyproxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("tinyproxy is installed (.ci/run installs it)");
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        for pipe in [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (log, _readers) = capture(&mut child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "tinyproxy did not listen on {port}");
@@ -609,22 +630,7 @@ impl Bot {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("the binary starts");
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let mut readers = Vec::new();
-        for pipe in [
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = log.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            }));
-        }
+        let (log, readers) = capture(&mut child);
         let config = dir.path().join("none.yaml");
         Bot { child: Some(child), readers, dir, config, log, http_port: 0 }
     }

@@ -132,3 +132,32 @@ fn a_keyword_list_too_large_to_compile_is_a_config_error_not_a_panic() {
     let e = err(&yaml);
     assert!(e.contains("keywords[0].words") && e.contains("too many or too long words"), "{e}");
 }
+
+#[test]
+fn provider_keys_for_the_field_parse_and_secrets_in_headers_are_refused() {
+    let provider = |extra: &str| {
+        format!(
+            "bot: {{ name: B }}\nllm:\n  providers:\n    main: {{ base_url: 'https://x.test/v1', model: m{extra} }}\nchannels: [ {{ name: c }} ]\n"
+        )
+    };
+    let c = Config::parse(
+        &provider(", temperature: null, max_tokens_param: none, proxy: none, extra_query: { a: b }"),
+        "t.yaml",
+    )
+    .unwrap();
+    let p = &c.llm.providers["main"];
+    assert_eq!((p.temperature, p.max_tokens_param, &p.proxy), (None, MaxTokensParam::None, &ProxySetting::Direct));
+    assert_eq!(Config::parse(&provider(""), "t.yaml").unwrap().llm.providers["main"].temperature, Some(0.8));
+    let e = err(&provider(", extra_headers: { Authorization: 'Bearer sk-1' }"));
+    assert!(e.contains("extra_headers") && e.contains("extra_headers_env"), "{e}");
+    let e = err(&provider(", extra_headers: { X-API-Key: k }"));
+    assert!(e.contains("carries a secret"), "{e}");
+    let e = err(&provider(", extra_headers: { 'bad header': v }"));
+    assert!(e.contains("not a valid header name"), "{e}");
+    let e = err(&provider(", proxy: 'socks5://127.0.0.1:1080'"));
+    assert!(e.contains("a proxy is an http:// URL"), "{e}");
+    let e = err(&provider(", max_tokens_param: max_toks"));
+    assert!(e.contains("max_tokens_param"), "{e}");
+    let e = err("bot: { name: B }\nllm:\n  providers:\n    main: { base_url: 'https://x.test/v1?api-version=1', model: m }\nchannels: [ { name: c } ]\n");
+    assert!(e.contains("extra_query"), "{e}");
+}
