@@ -626,6 +626,13 @@ impl Bot {
         let mut cmd = Command::new(bin);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("RUST_LOG");
+        // Hermetic: the machine's proxy settings never reach a test's daemon (loopback
+        // is not exempt from them); a test that wants a proxy sets it in `envs`.
+        for var in
+            ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
+        {
+            cmd.env_remove(var);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
