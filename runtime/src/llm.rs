@@ -597,7 +597,12 @@ fn headers(name: &str, cfg: &ProviderConfig, env: &impl Fn(&str) -> Option<Strin
     for (h, value) in &cfg.extra_headers {
         let n = header_name(h)?;
         if n == CONTENT_TYPE || n == USER_AGENT || out.contains_key(&n) {
-            tracing::warn!(provider = name, header = %h, "extra header ignored: the bot sets it itself");
+            // The key's header and the extra_headers_env ones are already in `out`.
+            tracing::warn!(
+                provider = name,
+                header = %h,
+                "extra header ignored: the bot sets it itself (content type, user agent, the key) or extra_headers_env does"
+            );
             continue;
         }
         out.insert(n, HeaderValue::from_str(value).map_err(|_| bad(h, "not a valid header value"))?);
