@@ -44,6 +44,9 @@ pub enum Input {
     },
     /// An outcome from the lease bucket (`ha`), or news of another instance.
     Lease(crate::lease::LeaseEvent),
+    /// What Kryten-Robot keeps about a channel's room in JetStream, read at start and
+    /// after a reconnect; events seen since the read began win over it.
+    RoomState(RoomSnapshot),
     /// The link to NATS went up or down. While down, replies wait in the channel's queue
     /// (bounded by `nats.outbound_queue`) and leave with normal spacing on reconnect.
     Connection {
@@ -52,15 +55,44 @@ pub enum Input {
     },
 }
 
-/// Operator controls of a channel.
+/// Kryten-Robot's key-value state of one channel, as read (raw values; the engine
+/// parses them as it parses the events they mirror).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    /// Channel name (case-insensitive).
+    pub channel: String,
+    /// When the read began: an event seen since is newer than the snapshot.
+    pub read_at: Millis,
+    /// `kryten_{channel}_playlist` key `current` (a `changeMedia` payload plus `uid`)
+    /// and when it was written.
+    pub current: Option<(Vec<u8>, Millis)>,
+    /// `kryten_{channel}_playlist` key `items` (a `playlist` payload).
+    pub items: Option<Vec<u8>>,
+    /// `kryten_{channel}_userlist` key `users` (a `userlist` payload).
+    pub users: Option<Vec<u8>>,
+}
+
+/// Operator controls of a channel, from NATS or from a moderator in chat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Stop speaking (events are still read and remembered).
-    Mute,
+    /// Stop speaking (events are still read and remembered), for this long or until
+    /// unmuted.
+    Mute(Option<std::time::Duration>),
     /// Speak again.
     Unmute,
-    /// Forget the channel's context and PM conversations.
+    /// Forget the channel's context, PM conversations and what is playing.
     ClearContext,
+}
+
+impl Control {
+    /// The command's name (`mute`, `unmute`, `forget`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Control::Mute(_) => "mute",
+            Control::Unmute => "unmute",
+            Control::ClearContext => "forget",
+        }
+    }
 }
 
 /// Identifies one LLM request. Unique per engine; encodes the channel's slot so ids in
@@ -168,8 +200,43 @@ pub enum Effect {
     /// live peers by it. Comes every [`crate::engine::HEARTBEAT`], or every lease renewal
     /// period when that is shorter.
     Heartbeat,
+    /// A moderator's command from chat was obeyed (or refused): for logs, metrics and
+    /// the replay report.
+    Moderation(ModerationRecord),
     /// After [`Input::Shutdown`]: nothing is in flight or queued any more.
     ShutdownComplete,
+}
+
+/// What a moderator's chat command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModerationRecord {
+    /// Engine time.
+    pub at: Millis,
+    /// Channel.
+    pub channel: String,
+    /// The command line's correlation id.
+    pub correlation_id: Option<String>,
+    /// The moderator.
+    pub user: String,
+    /// `mute`, `unmute`, `status`, `why`, `forget`, `help` or `unknown`.
+    pub command: &'static str,
+    /// What changed, in words (`muted for 10m`, `nothing: already speaking`).
+    pub changed: String,
+}
+
+impl serde::Serialize for ModerationRecord {
+    /// `{"at","channel","correlation_id","user","command","changed"}`, `at` in epoch ms.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ModerationRecord", 6)?;
+        st.serialize_field("at", &self.at.0)?;
+        st.serialize_field("channel", &self.channel)?;
+        st.serialize_field("correlation_id", &self.correlation_id)?;
+        st.serialize_field("user", &self.user)?;
+        st.serialize_field("command", self.command)?;
+        st.serialize_field("changed", &self.changed)?;
+        st.end()
+    }
 }
 
 /// An LLM request.
@@ -360,6 +427,8 @@ pub enum Reason {
     NotOwner,
     /// Another account and the bot were going back and forth (bot loop): backing off.
     LoopGuard,
+    /// A moderator command from someone below `moderation.min_rank`.
+    NotModerator,
     /// The user kept hitting limits: their personal cooldown is running.
     Penalty,
     /// The channel's token budget is spent for now.
@@ -418,6 +487,7 @@ impl Reason {
             Reason::Muted => "muted",
             Reason::NotOwner => "not_owner",
             Reason::LoopGuard => "loop_guard",
+            Reason::NotModerator => "not_moderator",
             Reason::Penalty => "penalty",
             Reason::Budget => "budget",
             Reason::NotEnoughNewMessages => "not_enough_new_messages",
@@ -432,6 +502,58 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::ChannelRemoved => "channel_removed",
             Reason::Fallback => "fallback",
+        }
+    }
+}
+
+impl Reason {
+    /// The reason in words, for a moderator's `why`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::OwnMessage => "it was my own line",
+            Reason::IgnoredUser => "that user is in ignore_users",
+            Reason::ShadowMuted => "the sender is shadow-muted",
+            Reason::ServerMessage => "it was a [server] line",
+            Reason::Backlog => "it was older than my start",
+            Reason::DuplicateEvent => "I had seen that event already",
+            Reason::NotForBot => "the PM was not for me",
+            Reason::UnknownChannel => "that channel is not configured",
+            Reason::MalformedEvent => "the event was malformed",
+            Reason::DuplicateMedia => "the same media was announced twice",
+            Reason::MediaResync => "the media was already playing",
+            Reason::Probability => "the trigger's probability said no",
+            Reason::TriggerCooldown => "the trigger's cooldown was running",
+            Reason::MediaChangeCooldown => "the media-change cooldown was running",
+            Reason::GlobalCooldown => "the channel's global cooldown was running",
+            Reason::PerUserLimit => "that user reached their reply limit",
+            Reason::PerChannelLimit => "the channel reached its reply limit",
+            Reason::MaxInFlight => "too many replies were being written",
+            Reason::ShuttingDown => "I was shutting down",
+            Reason::Muted => "I am muted",
+            Reason::NotOwner => "another instance speaks for this channel",
+            Reason::LoopGuard => "it looked like a bot loop",
+            Reason::NotModerator => "a command from someone below moderator rank",
+            Reason::Penalty => "that user's penalty cooldown was running",
+            Reason::Budget => "the token budget is spent for now",
+            Reason::NotEnoughNewMessages => "too few new lines to join in",
+            Reason::DeclinedToJoin => "the model chose not to join in",
+            Reason::EmptyReply => "the reply was empty",
+            Reason::BlockedReply => "the reply matched a block pattern",
+            Reason::DuplicateReply => "the reply repeated a recent one",
+            Reason::ReasoningOnly => "the reply was only the model's reasoning",
+            Reason::PromptLeak => "the reply repeated the system prompt",
+            Reason::LlmFailed(LlmError::Timeout) => "the model did not answer in time",
+            Reason::LlmFailed(LlmError::Connect) => "the model's server could not be reached",
+            Reason::LlmFailed(LlmError::Status(429)) => "the provider rate-limited me",
+            Reason::LlmFailed(LlmError::Status(_)) => "the provider returned an error",
+            Reason::LlmFailed(LlmError::Malformed) => "the provider's answer was malformed",
+            Reason::LlmFailed(LlmError::EmptyChoices) => "the provider's answer was empty",
+            Reason::LlmFailed(LlmError::Truncated) => "the model ran out of tokens before answering",
+            Reason::LlmFailed(LlmError::Cancelled) => "the request was cancelled",
+            Reason::ProvidersDown => "every provider is failing",
+            Reason::QueueFull => "too many replies were waiting to be sent",
+            Reason::ChannelRemoved => "the channel was removed",
+            Reason::Fallback => "the model failed and a fallback line was said",
         }
     }
 }

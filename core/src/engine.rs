@@ -32,6 +32,7 @@ macro_rules! env {
             start: $e.start,
             bot: &$e.config.bot,
             llm: &$e.config.llm,
+            moderation: &$e.config.moderation,
             shutting_down: $e.shutting_down,
             connected: $e.connected,
             outbound_queue: $e.config.nats.outbound_queue,
@@ -119,6 +120,11 @@ impl Engine {
             Input::Control { channel, action } => {
                 if let Some(slot) = self.slot_of(&channel) {
                     self.with_channel(slot, |ch, env| ch.control(env, action));
+                }
+            }
+            Input::RoomState(snapshot) => {
+                if let Some(slot) = self.slot_of(&snapshot.channel) {
+                    self.with_channel(slot, |ch, env| ch.restore_room(env, &snapshot));
                 }
             }
             Input::Reload(config) => self.apply_config(*config),
@@ -227,7 +233,7 @@ impl Engine {
 
     /// Whether `channel` is muted.
     pub fn is_muted(&self, channel: &str) -> bool {
-        self.slot_of(channel).and_then(|s| self.channels.get(&s)).is_some_and(|c| c.muted)
+        self.slot_of(channel).and_then(|s| self.channels.get(&s)).is_some_and(|c| c.is_muted(self.now))
     }
 
     /// Tokens spent over all channels in the last hour and day.
@@ -402,16 +408,19 @@ impl Engine {
                 Event::Chat(m) | Event::Pm { message: m, .. } => Some(m),
                 _ => None,
             };
-            let is_media = matches!(env.event, Event::MediaChange { .. });
+            let is_media = matches!(env.event, Event::MediaChange(_));
             if (message.is_some() || is_media) && !ch.first_sighting(e, cid.as_deref(), message) {
+                return;
+            }
+            if ch.on_room(e, &env.event) {
+                if let Event::MediaChange(media) = &env.event {
+                    ch.on_media(e, media, cid.as_deref());
+                }
                 return;
             }
             match env.event {
                 Event::Chat(m) => ch.on_chat(e, m, cid.as_deref()),
                 Event::Pm { message, to } => ch.on_pm(e, message, &to, cid.as_deref()),
-                Event::MediaChange { id, title, fresh } => ch.on_media(e, &id, &title, fresh, cid.as_deref()),
-                // Counted above; no decision uses who is present (yet).
-                Event::UserJoined(_) | Event::UserLeft(_) | Event::UserList(_) => {}
                 Event::Malformed { .. } => e.out.push_back(Effect::Decision(Decision {
                     at: e.now,
                     channel: ch.cfg.name.clone(),
@@ -421,7 +430,8 @@ impl Engine {
                     outcome: Outcome::Ignored,
                     reason: Some(Reason::MalformedEvent),
                 })),
-                Event::Other { .. } => {}
+                // Room events were taken above; the rest are only counted.
+                _ => {}
             }
         });
     }

@@ -42,22 +42,57 @@ pub enum Event<'a> {
         /// Recipient's name.
         to: Cow<'a, str>,
     },
-    /// New media started (`changeMedia`).
-    MediaChange {
-        /// Provider id of the item.
-        id: String,
-        /// Title as shown.
-        title: String,
-        /// True for a new item (`currentTime` ≤ 0, CyTube's lead-in); false for the item
-        /// already playing, re-sent on join or player resync.
-        fresh: bool,
+    /// New media started, or the item playing re-sent on join or resync (`changeMedia`).
+    MediaChange(Media),
+    /// The position of what is playing (`mediaUpdate`, every few seconds while playing).
+    MediaUpdate {
+        /// Seconds into the item (negative during CyTube's lead-in).
+        current_time: f64,
+        /// Paused.
+        paused: bool,
+    },
+    /// The playlist entry now playing (`setCurrent`, sent before its `changeMedia`).
+    SetCurrent(i64),
+    /// The whole playlist (`playlist`).
+    Playlist(Vec<PlaylistItem>),
+    /// An item queued after `after` (`queue`).
+    Queue {
+        /// The new entry.
+        item: PlaylistItem,
+        /// Where it goes.
+        after: After,
+    },
+    /// An entry removed (`delete`).
+    Delete(i64),
+    /// An entry moved (`moveVideo`).
+    MoveVideo {
+        /// The entry's uid.
+        from: i64,
+        /// Where it goes.
+        after: After,
     },
     /// A user joined (`addUser`).
-    UserJoined(String),
+    UserJoined(RoomUser),
     /// A user left (`userLeave`).
     UserLeft(String),
-    /// The full user list (`userlist`).
-    UserList(Vec<String>),
+    /// Everyone present (`userlist`).
+    UserList(Vec<RoomUser>),
+    /// A user's rank changed (`setUserRank`).
+    UserRank {
+        /// Who.
+        name: String,
+        /// The new CyTube rank.
+        rank: f64,
+    },
+    /// A user went AFK or came back (`setAFK`).
+    UserAfk {
+        /// Who.
+        name: String,
+        /// AFK now.
+        afk: bool,
+    },
+    /// How many are connected, guests included (`usercount`).
+    UserCount(u64),
     /// A used event whose payload had the wrong shape.
     Malformed {
         /// CyTube's event name.
@@ -68,6 +103,66 @@ pub enum Event<'a> {
         /// CyTube's event name.
         event_name: String,
     },
+}
+
+/// A media item as `changeMedia` (or Kryten's `current` key) describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Media {
+    /// Provider id (`dQw4w9WgXcQ`).
+    pub id: String,
+    /// Title as shown (CyTube caps it at 100 characters).
+    pub title: String,
+    /// Provider type (`yt`, `vi`, `fi`, …).
+    pub kind: String,
+    /// Length in seconds; `None` for live streams and unknown lengths.
+    pub seconds: Option<f64>,
+    /// Seconds into the item when sent (negative during the 3 s lead-in of a new item).
+    pub current_time: f64,
+    /// Paused when sent.
+    pub paused: bool,
+    /// Its playlist entry (only in Kryten's `current` key).
+    pub uid: Option<i64>,
+}
+
+impl Media {
+    /// A new item (CyTube's lead-in: `currentTime` ≤ 0), not the item already playing
+    /// re-sent on join or player resync.
+    pub fn is_fresh(&self) -> bool {
+        self.current_time <= 0.0
+    }
+}
+
+/// One playlist entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaylistItem {
+    /// CyTube's entry id (unique in the playlist).
+    pub uid: i64,
+    /// Title.
+    pub title: String,
+    /// Length in seconds, when known.
+    pub seconds: Option<f64>,
+}
+
+/// Where a queued or moved playlist entry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// After this entry.
+    Uid(i64),
+    /// First.
+    Prepend,
+    /// Last.
+    Append,
+}
+
+/// A user as `userlist` / `addUser` describe them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomUser {
+    /// Name as shown.
+    pub name: String,
+    /// CyTube rank (0 guest, 1 member, 2 moderator, 3 admin, 4 owner; missing = 0).
+    pub rank: f64,
+    /// AFK.
+    pub afk: bool,
 }
 
 /// A chat line or PM as CyTube sent it, decoded to plain text.
@@ -139,14 +234,148 @@ struct RawMedia<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     title: Cow<'a, str>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seconds: Option<f64>,
     #[serde(default, rename = "currentTime")]
     current_time: Option<f64>,
+    #[serde(default)]
+    paused: Option<bool>,
+    #[serde(default)]
+    uid: Option<i64>,
+}
+
+impl From<RawMedia<'_>> for Media {
+    fn from(m: RawMedia<'_>) -> Media {
+        Media {
+            id: m.id.unwrap_or_default().into_owned(),
+            title: m.title.trim().to_owned(),
+            kind: m.kind.unwrap_or_default().into_owned(),
+            seconds: m.seconds.filter(|s| s.is_finite() && *s > 0.0),
+            // A missing position is a new item's.
+            current_time: m.current_time.filter(|t| t.is_finite()).unwrap_or(0.0),
+            paused: m.paused.unwrap_or(false),
+            uid: m.uid,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawMediaUpdate {
+    #[serde(rename = "currentTime")]
+    current_time: f64,
+    #[serde(default)]
+    paused: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawItem<'a> {
+    #[serde(borrow)]
+    media: RawMedia<'a>,
+    uid: i64,
+}
+
+impl From<RawItem<'_>> for PlaylistItem {
+    fn from(i: RawItem<'_>) -> PlaylistItem {
+        let m = Media::from(i.media);
+        PlaylistItem { uid: i.uid, title: m.title, seconds: m.seconds }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawQueue<'a> {
+    #[serde(borrow)]
+    item: RawItem<'a>,
+    #[serde(default)]
+    after: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawMove {
+    from: i64,
+    #[serde(default)]
+    after: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawUid {
+    uid: i64,
 }
 
 #[derive(Deserialize)]
 struct RawUser<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
+    #[serde(default)]
+    rank: Option<f64>,
+    #[serde(default)]
+    meta: Option<RawUserMeta>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawUserMeta {
+    #[serde(default)]
+    afk: Option<bool>,
+}
+
+impl From<RawUser<'_>> for RoomUser {
+    fn from(u: RawUser<'_>) -> RoomUser {
+        RoomUser {
+            name: u.name.trim().to_owned(),
+            rank: u.rank.filter(|r| r.is_finite()).unwrap_or(0.0),
+            afk: u.meta.unwrap_or_default().afk.unwrap_or(false),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRank<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    rank: f64,
+}
+
+#[derive(Deserialize)]
+struct RawAfk<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    afk: bool,
+}
+
+/// `after` of `queue` / `moveVideo`: a uid, `"prepend"` or `"append"` (missing: append).
+fn after_of(v: Option<serde_json::Value>) -> Option<After> {
+    match v {
+        None | Some(serde_json::Value::Null) => Some(After::Append),
+        Some(serde_json::Value::String(s)) if s == "prepend" => Some(After::Prepend),
+        Some(serde_json::Value::String(s)) if s == "append" => Some(After::Append),
+        Some(serde_json::Value::String(s)) => s.parse().ok().map(After::Uid),
+        Some(v) => v.as_i64().map(After::Uid),
+    }
+}
+
+/// A `changeMedia` payload or Kryten's `current` key.
+pub fn media(payload: &[u8]) -> Option<Media> {
+    serde_json::from_slice::<RawMedia>(payload).ok().map(Media::from)
+}
+
+/// A `playlist` payload or Kryten's `items` key. Entries of the wrong shape are skipped.
+pub fn playlist(payload: &[u8]) -> Option<Vec<PlaylistItem>> {
+    let items: Vec<&RawValue> = serde_json::from_slice(payload).ok()?;
+    Some(items.into_iter().filter_map(|i| serde_json::from_str::<RawItem>(i.get()).ok()).map(Into::into).collect())
+}
+
+/// A `userlist` payload or Kryten's `users` key. Entries of the wrong shape are skipped.
+pub fn users(payload: &[u8]) -> Option<Vec<RoomUser>> {
+    let users: Vec<&RawValue> = serde_json::from_slice(payload).ok()?;
+    Some(
+        users
+            .into_iter()
+            .filter_map(|u| serde_json::from_str::<RawUser>(u.get()).ok())
+            .map(RoomUser::from)
+            .filter(|u| !u.name.is_empty())
+            .collect(),
+    )
 }
 
 /// Splits an event subject of either scheme into (channel token, event token):
@@ -297,23 +526,54 @@ fn build<'a>(raw: Fields<'a>, subject: Option<&'a str>) -> Result<Envelope<'a>, 
 fn event_of<'a>(name: &str, payload: &'a str) -> Option<Event<'a>> {
     if is_message_event(name) {
         message(payload).map(|m| message_event(name, m))
-    } else if name.eq_ignore_ascii_case("changeMedia") {
-        serde_json::from_str::<RawMedia>(payload).ok().map(|m| Event::MediaChange {
-            id: m.id.unwrap_or_default().into_owned(),
-            title: m.title.trim().to_owned(),
-            fresh: m.current_time.is_none_or(|t| t <= 0.0),
-        })
-    } else if name.eq_ignore_ascii_case("addUser") {
-        serde_json::from_str::<RawUser>(payload).ok().map(|u| Event::UserJoined(u.name.into_owned()))
-    } else if name.eq_ignore_ascii_case("userLeave") {
-        serde_json::from_str::<RawUser>(payload).ok().map(|u| Event::UserLeft(u.name.into_owned()))
-    } else if name.eq_ignore_ascii_case("userlist") {
-        serde_json::from_str::<Vec<RawUser>>(payload)
-            .ok()
-            .map(|us| Event::UserList(us.into_iter().map(|u| u.name.into_owned()).collect()))
     } else {
-        Some(Event::Other { event_name: name.to_owned() })
+        room_event(name, payload).map(|e| e.unwrap_or_else(|| Event::Other { event_name: name.to_owned() }))
     }
+}
+
+/// The room's events (what is playing, who is here): `Some(None)` for an event the bot
+/// does not use, `None` for a used one of the wrong shape.
+fn room_event<'a>(name: &str, payload: &str) -> Option<Option<Event<'a>>> {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    let json = |p: &str| serde_json::from_str::<serde_json::Value>(p).ok();
+    let p = payload.as_bytes();
+    let event = if is("changeMedia") {
+        Event::MediaChange(media(p)?)
+    } else if is("mediaUpdate") {
+        let u: RawMediaUpdate = serde_json::from_str(payload).ok()?;
+        Event::MediaUpdate { current_time: u.current_time, paused: u.paused.unwrap_or(false) }
+    } else if is("setCurrent") {
+        Event::SetCurrent(json(payload)?.as_i64()?)
+    } else if is("playlist") {
+        Event::Playlist(playlist(p)?)
+    } else if is("queue") {
+        let q: RawQueue = serde_json::from_str(payload).ok()?;
+        Event::Queue { item: q.item.into(), after: after_of(q.after)? }
+    } else if is("delete") {
+        Event::Delete(serde_json::from_str::<RawUid>(payload).ok()?.uid)
+    } else if is("moveVideo") {
+        let m: RawMove = serde_json::from_str(payload).ok()?;
+        Event::MoveVideo { from: m.from, after: after_of(m.after)? }
+    } else if is("addUser") {
+        let u = RoomUser::from(serde_json::from_str::<RawUser>(payload).ok()?);
+        (!u.name.is_empty()).then_some(())?;
+        Event::UserJoined(u)
+    } else if is("userLeave") {
+        Event::UserLeft(serde_json::from_str::<RawUser>(payload).ok()?.name.trim().to_owned())
+    } else if is("userlist") {
+        Event::UserList(users(p)?)
+    } else if is("setUserRank") {
+        let r: RawRank = serde_json::from_str(payload).ok()?;
+        Event::UserRank { name: r.name.trim().to_owned(), rank: r.rank }
+    } else if is("setAFK") {
+        let a: RawAfk = serde_json::from_str(payload).ok()?;
+        Event::UserAfk { name: a.name.trim().to_owned(), afk: a.afk }
+    } else if is("usercount") {
+        Event::UserCount(json(payload)?.as_f64().filter(|n| n.is_finite() && *n >= 0.0)? as u64)
+    } else {
+        return Some(None);
+    };
+    Some(Some(event))
 }
 
 /// A chat line (`chatMsg`) or PM (`pm`, with its recipient).
@@ -385,10 +645,19 @@ impl Event<'_> {
         match self {
             Event::Chat(_) => "chatMsg",
             Event::Pm { .. } => "pm",
-            Event::MediaChange { .. } => "changeMedia",
+            Event::MediaChange(_) => "changeMedia",
+            Event::MediaUpdate { .. } => "mediaUpdate",
+            Event::SetCurrent(_) => "setCurrent",
+            Event::Playlist(_) => "playlist",
+            Event::Queue { .. } => "queue",
+            Event::Delete(_) => "delete",
+            Event::MoveVideo { .. } => "moveVideo",
             Event::UserJoined(_) => "addUser",
             Event::UserLeft(_) => "userLeave",
             Event::UserList(_) => "userlist",
+            Event::UserRank { .. } => "setUserRank",
+            Event::UserAfk { .. } => "setAFK",
+            Event::UserCount(_) => "usercount",
             Event::Malformed { event_name } | Event::Other { event_name } => event_name,
         }
     }
@@ -440,7 +709,10 @@ mod tests {
                 let body = format!(r#"{{"event_name":"{name}","channel":"c","payload":{payload}}}"#);
                 let env = parse(body.as_bytes(), None).unwrap_or_else(|e| panic!("{body}: {e}"));
                 assert!(
-                    matches!(env.event, Event::Malformed { .. } | Event::Other { .. } | Event::UserList(_)),
+                    matches!(
+                        env.event,
+                        Event::Malformed { .. } | Event::Other { .. } | Event::UserList(_) | Event::UserCount(_)
+                    ),
                     "{body}"
                 );
             }
@@ -467,12 +739,51 @@ mod tests {
     #[test]
     fn media_change_and_user_events_parse() {
         let body = br#"{"event_name":"changeMedia","channel":"c","payload":{"id":"dQw","title":"Rick Astley - Never Gonna Give You Up","seconds":213}}"#;
+        let Event::MediaChange(m) = parse(body, None).unwrap().event else { panic!() };
+        assert_eq!(
+            (m.id.as_str(), m.title.as_str(), m.seconds, m.is_fresh()),
+            ("dQw", "Rick Astley - Never Gonna Give You Up", Some(213.0), true)
+        );
+        let body = br#"{"event_name":"changeMedia","channel":"c","payload":{"id":"x","title":"T","currentTime":39.4,"paused":false,"type":"yt"}}"#;
+        let Event::MediaChange(m) = parse(body, None).unwrap().event else { panic!() };
+        assert!(!m.is_fresh() && m.kind == "yt" && m.seconds.is_none());
+        let body = br#"{"event_name":"userlist","channel":"c","payload":[{"name":"a","rank":1,"meta":{"afk":true}},{"name":"b"},{"rank":3},7]}"#;
+        let user = |name: &str, rank, afk| RoomUser { name: name.into(), rank, afk };
         assert_eq!(
             parse(body, None).unwrap().event,
-            Event::MediaChange { id: "dQw".into(), title: "Rick Astley - Never Gonna Give You Up".into(), fresh: true }
+            Event::UserList(vec![user("a", 1.0, true), user("b", 0.0, false)]),
+            "entries of the wrong shape are skipped"
         );
-        let body = br#"{"event_name":"userlist","channel":"c","payload":[{"name":"a","rank":1},{"name":"b"}]}"#;
-        assert_eq!(parse(body, None).unwrap().event, Event::UserList(vec!["a".into(), "b".into()]));
+        fn ev(name: &str, payload: &str) -> Event<'static> {
+            let body = format!(r#"{{"event_name":"{name}","channel":"c","payload":{payload}}}"#);
+            // Room events own their strings: leak the body to keep the test short.
+            parse(Box::leak(body.into_boxed_str()).as_bytes(), None).unwrap().event
+        }
+        assert_eq!(ev("setUserRank", r#"{"name":"a","rank":2}"#), Event::UserRank { name: "a".into(), rank: 2.0 });
+        assert_eq!(ev("setAFK", r#"{"name":"a","afk":true}"#), Event::UserAfk { name: "a".into(), afk: true });
+        assert_eq!(ev("usercount", "12"), Event::UserCount(12));
+        assert_eq!(ev("setCurrent", "4"), Event::SetCurrent(4));
+        assert_eq!(ev("delete", r#"{"uid":4}"#), Event::Delete(4));
+        assert_eq!(
+            ev("mediaUpdate", r#"{"currentTime":1.5,"paused":true}"#),
+            Event::MediaUpdate { current_time: 1.5, paused: true }
+        );
+        assert_eq!(
+            ev("moveVideo", r#"{"from":4,"after":"prepend"}"#),
+            Event::MoveVideo { from: 4, after: After::Prepend }
+        );
+        assert_eq!(ev("moveVideo", r#"{"from":4,"after":2}"#), Event::MoveVideo { from: 4, after: After::Uid(2) });
+        let Event::Queue { item, after } =
+            ev("queue", r#"{"item":{"media":{"id":"z","title":"Zoo","seconds":19},"uid":9},"after":1}"#)
+        else {
+            panic!()
+        };
+        assert_eq!((item, after), (PlaylistItem { uid: 9, title: "Zoo".into(), seconds: Some(19.0) }, After::Uid(1)));
+        for (name, bad) in
+            [("setUserRank", r#"{"name":"a"}"#), ("usercount", "\"x\""), ("mediaUpdate", "{}"), ("queue", "{}")]
+        {
+            assert_eq!(ev(name, bad), Event::Malformed { event_name: name.into() }, "{name} {bad}");
+        }
     }
 
     mod one_pass {

@@ -41,8 +41,8 @@ pub mod trigger;
 pub use channel::{ChannelStats, ChannelStatus};
 pub use config::{Config, ConfigError};
 pub use contract::{
-    Command, CommandKind, Control, Decision, Effect, Input, LlmCall, LlmError, LlmReply, Outcome, PromptMessage,
-    Purpose, Reason, RequestId, Role, Usage,
+    Command, CommandKind, Control, Decision, Effect, Input, LlmCall, LlmError, LlmReply, ModerationRecord, Outcome,
+    PromptMessage, Purpose, Reason, RequestId, Role, RoomSnapshot, Usage,
 };
 pub use engine::Engine;
 pub use lease::{LeaseEvent, LeaseOp, LeaseStats, LimitSnapshot};

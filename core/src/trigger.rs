@@ -22,6 +22,8 @@ pub enum Trigger {
     MediaChange,
     /// The periodic participation check.
     Contextual,
+    /// A moderator's command (`!kryten mute`): answered by PM, never by the LLM.
+    Command,
 }
 
 impl Trigger {
@@ -33,6 +35,7 @@ impl Trigger {
             Trigger::Pm => "pm",
             Trigger::MediaChange => "media_change",
             Trigger::Contextual => "contextual",
+            Trigger::Command => "command",
         }
     }
 }

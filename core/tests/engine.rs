@@ -630,7 +630,7 @@ fn operators_can_mute_unmute_and_clear_a_channel() {
     bot.say("bob", "kryten?");
     let pending = bot.last_call();
     let control = |action| Input::Control { channel: "LOUNGE".into(), action };
-    bot.input(control(chatbot_core::Control::Mute));
+    bot.input(control(chatbot_core::Control::Mute(None)));
     assert!(bot.engine.is_muted("lounge"));
     bot.reply(&pending, "too late, muted");
     bot.say("carol", "kryten??");

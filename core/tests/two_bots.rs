@@ -100,7 +100,11 @@ fn run(max_exchanges: u32, minutes: u64, pokes: &[u64]) -> [Vec<chatbot_core::De
                         }
                     }
                     Effect::Decision(d) => decisions[side].push(d),
-                    Effect::CancelLlm(_) | Effect::Lease(_) | Effect::Heartbeat | Effect::ShutdownComplete => {}
+                    Effect::CancelLlm(_)
+                    | Effect::Lease(_)
+                    | Effect::Heartbeat
+                    | Effect::Moderation(_)
+                    | Effect::ShutdownComplete => {}
                 }
             }
         }

@@ -120,7 +120,7 @@ impl Report {
                             if let Ok(env) = event::parse(body, None) {
                                 let text = match env.event {
                                     Event::Chat(m) | Event::Pm { message: m, .. } => format!("{}: {}", m.user, m.text),
-                                    Event::MediaChange { title, .. } => format!("[media] {title}"),
+                                    Event::MediaChange(m) => format!("[media] {}", m.title),
                                     _ => String::new(),
                                 };
                                 self.remember_cause(cid, text);
@@ -132,6 +132,7 @@ impl Report {
                 TraceItem::Effect(Effect::Publish(cmd)) => self.published(t.at, cmd),
                 TraceItem::Effect(Effect::CallLlm(call)) => self.called(call),
                 TraceItem::Answered { id, provider, result } => self.answered(*id, provider, result),
+                TraceItem::Effect(Effect::Moderation(r)) => self.moderated(r),
                 TraceItem::Effect(
                     Effect::CancelLlm(_) | Effect::Lease(_) | Effect::Heartbeat | Effect::ShutdownComplete,
                 ) => {}

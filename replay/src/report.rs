@@ -95,6 +95,8 @@ pub struct ChannelReport {
     pub tokens_per_hour: f64,
     /// Every message sent.
     pub replies: Vec<ReplyLine>,
+    /// Moderators' chat commands and what each changed.
+    pub commands: Vec<chatbot_core::ModerationRecord>,
     /// Per minute since the start: (chat lines, messages sent).
     pub per_minute: BTreeMap<u64, (u64, u64)>,
     #[serde(skip)]
@@ -145,6 +147,12 @@ impl Report {
             cause_order: Default::default(),
             calls: HashMap::new(),
             prices: config.llm.providers.iter().map(|(n, p)| (n.clone(), p.price_per_million)).collect(),
+        }
+    }
+
+    pub(crate) fn moderated(&mut self, r: &chatbot_core::ModerationRecord) {
+        if let Some(ch) = self.channel_mut(&r.channel) {
+            ch.commands.push(r.clone());
         }
     }
 

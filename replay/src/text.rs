@@ -95,6 +95,12 @@ fn channel(out: &mut String, ch: &ChannelReport) {
     );
     let users: Vec<String> = ch.top_users.iter().map(|(u, n)| format!("{u} {n}")).collect();
     row(out, "top users", if users.is_empty() { "-".into() } else { users.join(" · ") });
+    if !ch.commands.is_empty() {
+        let _ = writeln!(out, "  moderator commands");
+        for c in &ch.commands {
+            let _ = writeln!(out, "    {}  {:<13} {} → {}", clock(c.at), c.user, c.command, c.changed);
+        }
+    }
     if !ch.replies.is_empty() {
         let _ = writeln!(out, "  replies");
         for r in &ch.replies {

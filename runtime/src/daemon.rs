@@ -308,6 +308,18 @@ impl Daemon {
                     reason = d.reason.map_or("", |r| r.label()),
                 );
             }
+            Effect::Moderation(r) => {
+                self.shared.metrics.moderation(&r);
+                tracing::info!(
+                    target: "moderation",
+                    channel = %r.channel,
+                    correlation_id = r.correlation_id.as_deref().unwrap_or(""),
+                    user = %r.user,
+                    command = r.command,
+                    changed = %r.changed,
+                    "moderator command"
+                );
+            }
             Effect::Lease(op) => {
                 tracing::debug!(?op, "lease op");
                 if let Some(ha) = &mut self.ha {
@@ -428,6 +440,7 @@ impl Daemon {
                            "channels": channels}),
                 )
             }
+            ServiceCommand::BadArgument(why) => req.fail(&service, why),
             ServiceCommand::Ping | ServiceCommand::Health | ServiceCommand::Unknown | ServiceCommand::Malformed => {
                 let uptime = self.started.elapsed().as_secs_f64();
                 kryten::service_reply(&self.identity(), &req, self.clock.now(), uptime, || self.shared.health_json())

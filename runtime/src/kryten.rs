@@ -135,6 +135,8 @@ pub enum ServiceCommand {
     Ping,
     /// `system.health`: the /health document.
     Health,
+    /// A known command with an unusable argument (why).
+    BadArgument(String),
     /// A command we do not know.
     Unknown,
     /// Not a JSON object with a string `command`.
@@ -162,7 +164,14 @@ impl ServiceRequest {
         let channel = arg("channel").and_then(Value::as_str).map(str::to_owned);
         let control = |action| ServiceCommand::Control { channel: channel.clone(), action };
         let command = match name.as_str() {
-            "channel.mute" => control(Control::Mute),
+            "channel.mute" => {
+                // An optional `duration` (`10m`); without one, until unmuted.
+                match arg("duration").and_then(Value::as_str).map(|d| humantime::parse_duration(d.trim())) {
+                    None => control(Control::Mute(None)),
+                    Some(Ok(d)) if !d.is_zero() => control(Control::Mute(Some(d))),
+                    Some(_) => ServiceCommand::BadArgument("duration: write e.g. 10m, 1h".into()),
+                }
+            }
             "channel.unmute" => control(Control::Unmute),
             "context.clear" => control(Control::ClearContext),
             "decisions.recent" => {
@@ -318,7 +327,7 @@ mod tests {
     #[test]
     fn service_commands_parse_with_arguments_at_the_top_or_under_args() {
         let parse = |b: &str| ServiceRequest::parse(b.as_bytes()).command;
-        let mute = ServiceCommand::Control { channel: Some("lounge".into()), action: Control::Mute };
+        let mute = ServiceCommand::Control { channel: Some("lounge".into()), action: Control::Mute(None) };
         assert_eq!(parse(r#"{"command":"channel.mute","channel":"lounge"}"#), mute);
         assert_eq!(parse(r#"{"command":"channel.mute","args":{"channel":"lounge"}}"#), mute);
         assert_eq!(
@@ -336,6 +345,14 @@ mod tests {
             parse(r#"{"command":"decisions.recent","channel":"a"}"#),
             ServiceCommand::RecentDecisions { channel: Some("a".into()), limit: 20 }
         );
+        assert_eq!(
+            parse(r#"{"command":"channel.mute","args":{"channel":"lounge","duration":"10m"}}"#),
+            ServiceCommand::Control {
+                channel: Some("lounge".into()),
+                action: Control::Mute(Some(std::time::Duration::from_secs(600)))
+            }
+        );
+        assert!(matches!(parse(r#"{"command":"channel.mute","duration":"soon"}"#), ServiceCommand::BadArgument(_)));
         assert_eq!(parse(r#"{"command":"budget.status"}"#), ServiceCommand::BudgetStatus);
         assert_eq!(parse(r#"{"command":"what"}"#), ServiceCommand::Unknown);
         assert_eq!(parse(r#"{"command":3}"#), ServiceCommand::Malformed);

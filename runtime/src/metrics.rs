@@ -23,6 +23,12 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    channel: String,
+    command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     provider: String,
     outcome: String,
@@ -45,6 +51,7 @@ pub struct Metrics {
     registry: Registry,
     events: Family<ChannelLabel, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    moderation: Family<CommandLabels, Counter>,
     llm_requests: Family<OutcomeLabels, Counter>,
     llm_latency: Family<ProviderLabel, Histogram>,
     llm_tokens: Family<TokenLabels, Counter>,
@@ -85,6 +92,7 @@ impl Metrics {
         let m = Metrics {
             events: Family::default(),
             decisions: Family::default(),
+            moderation: Family::default(),
             llm_requests: Family::default(),
             llm_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.05, 2.0, 10))),
             llm_tokens: Family::default(),
@@ -108,6 +116,11 @@ impl Metrics {
         };
         registry.register("events", "Kryten events received, by channel", m.events.clone());
         registry.register("decisions", "Engine decisions by channel, trigger, outcome and reason", m.decisions.clone());
+        registry.register(
+            "moderation_commands",
+            "Moderators' chat commands obeyed, by channel and command",
+            m.moderation.clone(),
+        );
         registry.register(
             "llm_requests",
             "LLM requests by provider and outcome (ok or the failure kind)",
@@ -168,6 +181,11 @@ impl Metrics {
             reason: d.reason.map_or("", |r| r.label()).to_owned(),
         };
         self.decisions.get_or_create(&labels).inc();
+    }
+
+    /// One moderator command obeyed.
+    pub fn moderation(&self, r: &chatbot_core::ModerationRecord) {
+        self.moderation.get_or_create(&CommandLabels { channel: r.channel.clone(), command: r.command }).inc();
     }
 
     /// One LLM request to `provider` finished.

@@ -454,7 +454,7 @@ impl<'a> World<'a> {
                     return;
                 }
                 Effect::Heartbeat => self.announce(i),
-                Effect::Decision(_) => {}
+                Effect::Decision(_) | Effect::Moderation(_) => {}
             }
         }
         if let Some(t) = next {

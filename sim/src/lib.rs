@@ -171,6 +171,7 @@ impl Sim {
                 }
                 Effect::Publish(_)
                 | Effect::Decision(_)
+                | Effect::Moderation(_)
                 | Effect::Lease(_)
                 | Effect::Heartbeat
                 | Effect::ShutdownComplete => {}

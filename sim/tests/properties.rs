@@ -217,6 +217,7 @@ fn channel_of(t: &TraceItem) -> Option<String> {
         TraceItem::Effect(Effect::CallLlm(c)) => Some(c.channel.clone()),
         TraceItem::Effect(Effect::Publish(c)) => Some(c.channel.clone()),
         TraceItem::Effect(Effect::Decision(d)) => Some(d.channel.clone()),
+        TraceItem::Effect(Effect::Moderation(m)) => Some(m.channel.clone()),
         TraceItem::Effect(Effect::CancelLlm(id)) | TraceItem::Answered { id, .. } => {
             Some(CHANNELS[(id.0 >> 32) as usize].to_string())
         }

@@ -43,6 +43,21 @@ impl Breakers {
         })
     }
 
+    /// Each provider of `chain` in words (`main ok`, `main failing, next try in 20s`).
+    pub fn describe(&self, chain: &[String], now: Millis) -> Vec<String> {
+        chain
+            .iter()
+            .map(|p| match self.by_provider.get(p) {
+                Some(BreakerState { open_until: Some(t), .. }) if now < *t => {
+                    format!("{p} failing, next try in {}s", t.since(now).as_secs().max(1))
+                }
+                Some(BreakerState { open_until: Some(_), .. }) => format!("{p} failing, trying again"),
+                Some(b) if b.failures > 0 => format!("{p} ok ({} failures in a row)", b.failures),
+                _ => format!("{p} ok"),
+            })
+            .collect()
+    }
+
     /// Records a request's outcome: `reachable` is false for a transient failure.
     pub fn record(&mut self, provider: &str, cfg: Breaker, reachable: bool, now: Millis) {
         let b = self.by_provider.entry(provider.to_owned()).or_default();

@@ -9,14 +9,17 @@
 //! `seen.rs` (events already seen), `users.rs` (per-user windows, loop guard,
 //! penalties), `limits.rs` (the channel's own limit marks), `breaker.rs` (provider
 //! health), `outbox.rs` (messages waiting for their send slot), `handover.rs` (what a
-//! new lease owner needs) and `prompt.rs` (the messages a request sends). This file
+//! new lease owner needs), `prompt.rs` (the messages a request sends), `room.rs` (what
+//! is playing, who is here) and `moderation.rs` (moderators' command lines). This file
 //! holds the flow between them: events in, checks, requests, answers, sends.
 
 mod breaker;
 mod handover;
 mod limits;
+mod moderation;
 mod outbox;
 mod prompt;
+pub(crate) mod room;
 mod seen;
 mod users;
 
@@ -30,18 +33,20 @@ use rand_core::{RngCore, SeedableRng};
 use self::breaker::Breakers;
 use self::handover::Handover;
 use self::limits::Marks;
+use self::moderation::ModCommand;
 use self::outbox::{NotReady, Outbox, Outgoing};
 use self::prompt::Prompt;
+use self::room::Room;
 use self::seen::{fmix64, key_of, Seen};
 use self::users::Users;
 use crate::budget::{self, Ledger};
-use crate::config::{BotConfig, ChannelConfig, GlobalBudget, LlmConfig};
+use crate::config::{BotConfig, ChannelConfig, GlobalBudget, LlmConfig, ModerationConfig};
 use crate::context::{ChatLine, Context, PmThreads};
 use crate::contract::{
-    Command, CommandKind, Decision, Effect, LlmCall, LlmError, LlmReply, Outcome, PromptMessage, Purpose, Reason,
-    RequestId,
+    Command, CommandKind, Control, Decision, Effect, LlmCall, LlmError, LlmReply, ModerationRecord, Outcome,
+    PromptMessage, Purpose, Reason, RequestId,
 };
-use crate::event::Message;
+use crate::event::{Event, Media, Message};
 use crate::lease::LimitSnapshot;
 use crate::response::{Recent, Rejection, Rules};
 use crate::time::Millis;
@@ -83,6 +88,7 @@ pub(crate) struct Env<'a> {
     pub start: Millis,
     pub bot: &'a BotConfig,
     pub llm: &'a LlmConfig,
+    pub moderation: &'a ModerationConfig,
     pub shutting_down: bool,
     pub connected: bool,
     pub outbound_queue: usize,
@@ -114,6 +120,12 @@ pub struct ChannelStatus {
     pub tokens_hour: u64,
     /// Tokens spent in the last day.
     pub tokens_day: u64,
+    /// Muted (by an operator or a moderator).
+    pub muted: bool,
+    /// Users present, as the robot reported them.
+    pub users: usize,
+    /// What is playing, when known.
+    pub playing: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,8 +171,12 @@ pub(crate) struct Channel {
     spend: Ledger,
     global_budget: GlobalBudget,
     breakers: Breakers,
-    /// Paused by an operator.
-    pub muted: bool,
+    /// What is playing and who is here.
+    room: Room,
+    /// Replies sent (per minute, for `status`).
+    replies: Ledger,
+    /// Paused by an operator or a moderator: until then, or until unmuted (`None`).
+    mute: Option<Option<Millis>>,
     /// May speak: always without `ha`; with it, while this instance holds the lease.
     /// A standby still reads everything (warm context) and counts the bot's own lines.
     pub owner: bool,
@@ -201,7 +217,9 @@ impl Channel {
             spend: Ledger::default(),
             global_budget: GlobalBudget::default(),
             breakers: Breakers::default(),
-            muted: false,
+            room: Room::default(),
+            replies: Ledger::default(),
+            mute: None,
             owner: true,
             handover: Handover::default(),
             recent_decisions: VecDeque::new(),
@@ -231,22 +249,37 @@ impl Channel {
         self.recent_decisions.iter().skip(skip).cloned().collect()
     }
 
-    /// Applies an operator control.
-    pub fn control(&mut self, env: &mut Env, action: crate::contract::Control) {
-        use crate::contract::Control;
+    /// Muted at `now`.
+    pub fn is_muted(&self, now: Millis) -> bool {
+        self.mute.is_some_and(|until| until.is_none_or(|t| now < t))
+    }
+
+    /// Applies an operator control (from NATS, or a moderator's command from chat).
+    pub fn control(&mut self, env: &mut Env, action: Control) {
         match action {
-            Control::Mute => {
-                self.muted = true;
+            Control::Mute(d) => {
+                self.mute = Some(d.map(|d| env.now.after(d)));
                 // Replies already waiting are not said either.
                 self.drop_queued(env, Reason::Muted);
             }
-            Control::Unmute => self.muted = false,
+            Control::Unmute => self.mute = None,
             Control::ClearContext => {
                 self.context.clear();
                 self.pm_threads.clear();
                 self.new_lines = 0;
+                self.room.forget_media();
             }
         }
+    }
+
+    /// A room event (what is playing, who is here); false for any other event.
+    pub fn on_room(&mut self, env: &mut Env, event: &Event<'_>) -> bool {
+        self.room.apply(event, env.now)
+    }
+
+    /// Kryten-Robot's stored room state, read at start or after a reconnect.
+    pub fn restore_room(&mut self, env: &mut Env, snapshot: &crate::contract::RoomSnapshot) {
+        self.room.restore(snapshot, env.now);
     }
 
     /// The bot-wide budget this channel's requests also count against.
@@ -268,6 +301,9 @@ impl Channel {
             queued: self.outbox.len(),
             tokens_hour: self.spend.hour(now),
             tokens_day: self.spend.day(now),
+            muted: self.is_muted(now),
+            users: self.room.users(),
+            playing: self.room.playing().map(|(_, t)| t.to_owned()),
         }
     }
 
@@ -395,6 +431,9 @@ impl Channel {
             }
             return self.ignore(env, cid, Some(&*msg.user), None, Reason::Backlog);
         }
+        if let Some(cmd) = self.command_in(env, &msg) {
+            return self.moderate(env, &msg.user, cmd, cid);
+        }
         self.new_lines = self.new_lines.saturating_add(1);
         let t = &self.cfg.triggers;
         let mut candidates: Vec<(Trigger, f64, Duration)> = Vec::new();
@@ -460,6 +499,9 @@ impl Channel {
         if msg.time.is_some_and(|t| t < env.start) {
             return self.ignore(env, cid, Some(&*msg.user), Some(Trigger::Pm), Reason::Backlog);
         }
+        if let Some(cmd) = self.command_in(env, &msg) {
+            return self.moderate(env, &msg.user, cmd, cid);
+        }
         let user_lc = msg.user.to_lowercase();
         let now = env.now;
         self.pm_thread(now, &user_lc).push(Self::line(now, &msg, false));
@@ -476,7 +518,8 @@ impl Channel {
         }
     }
 
-    pub fn on_media(&mut self, env: &mut Env, id: &str, title: &str, fresh: bool, correlation_id: Option<&str>) {
+    pub fn on_media(&mut self, env: &mut Env, media: &Media, correlation_id: Option<&str>) {
+        let (id, title, fresh) = (media.id.as_str(), media.title.as_str(), media.is_fresh());
         let key = key_of((id, title));
         let repeat = self.last_media == Some(key);
         self.last_media = Some(key);
@@ -521,6 +564,156 @@ impl Channel {
             prompt: Prompt::ParticipationCheck,
         };
         let _ = self.consider(env, ask);
+    }
+
+    // ------------------------------------------------------------------ moderators
+
+    /// The moderator command in `msg`, when moderation is on and it is one.
+    fn command_in(&self, env: &Env, msg: &Message<'_>) -> Option<ModCommand> {
+        let m = env.moderation;
+        if !m.enabled || !msg.text.trim_start().starts_with(m.prefix.as_str()) {
+            return None;
+        }
+        moderation::parse(&msg.text, &m.prefix, env.bot)
+    }
+
+    /// Obeys a moderator's command, or ignores it (`not_moderator`) from anyone whose
+    /// rank, as the robot reported it, is below `moderation.min_rank`. Either way the
+    /// line is not conversation: never in the context, never sent to the LLM. Mute,
+    /// unmute and forget are the NATS controls; the answer goes to the moderator by PM
+    /// (only from the instance that speaks for the channel; a standby obeys silently, so
+    /// that a takeover keeps what the moderator said).
+    fn moderate(&mut self, env: &mut Env, user: &str, cmd: ModCommand, cid: Option<&str>) {
+        let trigger = Some(Trigger::Command);
+        if self.room.rank(user) < env.moderation.min_rank {
+            return self.ignore(env, cid, Some(user), trigger, Reason::NotModerator);
+        }
+        let name = self.cfg.name.clone();
+        let (prefix, bot) = (env.moderation.prefix.as_str(), env.bot.name.as_str());
+        let (changed, answer): (String, Vec<String>) = match &cmd {
+            ModCommand::Mute(d) => {
+                let was = self.is_muted(env.now);
+                self.control(env, Control::Mute(*d));
+                let how = d.map_or_else(|| "until unmuted".to_owned(), |d| format!("for {}", moderation::short(d)));
+                let again = if was { " (was muted already)" } else { "" };
+                (format!("muted {how}"), vec![format!("Muted in {name} {how}{again}. {prefix}{bot} unmute to undo.")])
+            }
+            ModCommand::Unmute => {
+                let was = self.is_muted(env.now);
+                self.control(env, Control::Unmute);
+                if was {
+                    ("unmuted".into(), vec![format!("Speaking again in {name}.")])
+                } else {
+                    ("nothing: not muted".into(), vec![format!("I was not muted in {name}.")])
+                }
+            }
+            ModCommand::Forget => {
+                let lines = self.context.len();
+                self.control(env, Control::ClearContext);
+                (
+                    format!("context cleared ({lines} lines)"),
+                    vec![format!("Forgot the conversation in {name} ({lines} lines) and what is playing.")],
+                )
+            }
+            ModCommand::Status => ("nothing".into(), self.status_lines(env)),
+            ModCommand::Why => ("nothing".into(), self.why_lines(env)),
+            ModCommand::Help => ("nothing".into(), vec![moderation::help(prefix, bot)]),
+            ModCommand::BadDuration(arg) => (
+                "nothing: bad duration".into(),
+                vec![format!("\"{arg}\" is not a duration: write e.g. {prefix}{bot} mute 10m, or just mute.")],
+            ),
+            ModCommand::Unknown(word) => (
+                "nothing: unknown command".into(),
+                vec![format!("Unknown command \"{word}\". {}", moderation::help(prefix, bot))],
+            ),
+        };
+        env.out.push_back(Effect::Moderation(ModerationRecord {
+            at: env.now,
+            channel: name,
+            correlation_id: cid.map(str::to_owned),
+            user: user.to_owned(),
+            command: cmd.label(),
+            changed,
+        }));
+        if !self.owner {
+            return self.decide(env, cid, Some(user), trigger, Outcome::Suppressed, Some(Reason::NotOwner));
+        }
+        let max_len = self.cfg.response.max_length;
+        for text in moderation::pack(&answer, max_len, 3) {
+            let o = Outgoing {
+                command: Command {
+                    channel: self.cfg.name.clone(),
+                    kind: CommandKind::Pm { to: user.to_owned(), text },
+                    correlation_id: cid.map(str::to_owned),
+                },
+                trigger: Trigger::Command,
+                user: None,
+                first: true,
+                notice: true,
+                reason: None,
+            };
+            for dropped in self.outbox.push(o, env.outbound_queue) {
+                self.drop_outgoing(env, dropped, Reason::QueueFull);
+            }
+        }
+        self.flush(env);
+    }
+
+    /// `status`: muted or not, the providers, replies in the last hour, budget left.
+    fn status_lines(&mut self, env: &Env) -> Vec<String> {
+        let now = env.now;
+        let state = match self.mute {
+            Some(Some(t)) if now < t => format!("muted for {} more", moderation::short(t.since(now))),
+            Some(None) => "muted until unmuted".into(),
+            _ => "speaking".into(),
+        };
+        let providers = self.breakers.describe(&self.cfg.providers, now).join(", ");
+        let replies = self.replies.hour(now);
+        let b = self.cfg.budget;
+        let budget = match (b.tokens_per_hour, b.tokens_per_day) {
+            (0, 0) => "no token budget".to_owned(),
+            (h, 0) => format!("{} of {h} tokens left this hour", h.saturating_sub(self.spend.hour(now))),
+            (0, d) => format!("{} of {d} tokens left today", d.saturating_sub(self.spend.day(now))),
+            (h, d) => format!(
+                "{} of {h} tokens left this hour, {} of {d} today",
+                h.saturating_sub(self.spend.hour(now)),
+                d.saturating_sub(self.spend.day(now))
+            ),
+        };
+        let who = if self.room.users() > 0 { format!(", {} here", self.room.users()) } else { String::new() };
+        vec![format!(
+            "{}: {state}. Providers: {providers}. {replies} replies in the last hour; {budget}{who}.",
+            self.cfg.name
+        )]
+    }
+
+    /// `why`: the last few silences, newest first, in words.
+    fn why_lines(&self, env: &Env) -> Vec<String> {
+        let silent = |d: &&Decision| {
+            matches!(d.outcome, Outcome::Suppressed | Outcome::Dropped)
+                && d.trigger != Some(Trigger::Command)
+                && d.reason.is_some()
+        };
+        let lines: Vec<String> = self
+            .recent_decisions
+            .iter()
+            .rev()
+            .filter(silent)
+            .take(5)
+            .map(|d| {
+                let ago = moderation::short(Duration::from_secs(env.now.since(d.at).as_secs()));
+                let what = match (&d.user, d.trigger) {
+                    (Some(u), Some(t)) => format!("{u}'s {}", t.label().replace('_', " ")),
+                    (None, Some(t)) => t.label().replace('_', " "),
+                    (u, None) => u.clone().unwrap_or_default(),
+                };
+                format!("{ago} ago, {what}: {}.", d.reason.map_or("", Reason::describe))
+            })
+            .collect();
+        if lines.is_empty() {
+            return vec![format!("No recent silences in {}.", self.cfg.name)];
+        }
+        std::iter::once(format!("Last silences in {}:", self.cfg.name)).chain(lines).collect()
     }
 
     // ------------------------------------------------------------------ deciding to speak
@@ -572,7 +765,7 @@ impl Channel {
         if !self.owner {
             return Err(Reason::NotOwner);
         }
-        if self.muted {
+        if self.is_muted(env.now) {
             return Err(Reason::Muted);
         }
         if let Some(user) = ask.user {
@@ -586,7 +779,7 @@ impl Channel {
         }
         if let (Some(user), Prompt::Chat { text, .. }) = (ask.user, &ask.prompt) {
             let copies_us = self.recent.resembles(text);
-            self.users.loop_guard(user, copies_us, env.now, self.cfg.loop_guard)?;
+            self.users.loop_guard(user, copies_us, text.chars().count(), env.now, self.cfg.loop_guard)?;
         }
         let verdict = self.check_limits(env.now, ask.trigger, ask.user, env.global);
         if let (Err(Reason::PerUserLimit), Some(user)) = (verdict, ask.user) {
@@ -692,7 +885,8 @@ impl Channel {
             Prompt::Pm { user, .. } => self.pm_threads.get(&user.to_lowercase()),
             _ => Some(&self.context),
         };
-        prompt::messages(&self.cfg.system_prompt, &env.bot.name, &self.cfg.name, conversation, p)
+        let facts = self.room.facts(env.now, &env.bot.name);
+        prompt::messages(&self.cfg.system_prompt, &env.bot.name, &self.cfg.name, conversation, &facts, p)
     }
 
     // ------------------------------------------------------------------ LLM answers
@@ -787,7 +981,7 @@ impl Channel {
     }
 
     fn enqueue(&mut self, env: &mut Env, pending: &Pending, parts: Vec<String>, reason: Option<Reason>) {
-        if self.muted || !self.owner {
+        if self.is_muted(env.now) || !self.owner {
             let why = if self.owner { Reason::Muted } else { Reason::NotOwner };
             self.drop_reply(env, pending, why);
             return self.settle(pending.user.as_deref(), None);
@@ -809,6 +1003,7 @@ impl Channel {
                 trigger: pending.trigger,
                 user: pending.user.clone(),
                 first: i == 0,
+                notice: false,
                 reason,
             };
             for dropped in self.outbox.push(o, env.outbound_queue) {
@@ -822,7 +1017,7 @@ impl Channel {
     fn drop_outgoing(&mut self, env: &mut Env, o: Outgoing, reason: Reason) {
         let cid = o.command.correlation_id.as_deref();
         self.decide(env, cid, o.user.as_deref(), Some(o.trigger), Outcome::Dropped, Some(reason));
-        if o.first {
+        if o.first && !o.notice {
             self.settle(o.user.as_deref(), None);
         }
     }
@@ -845,10 +1040,12 @@ impl Channel {
                 Err(NotReady::Until(at)) => return env.timers.arm(TimerKey::SendSpacing(self.slot), at),
                 Err(NotReady::Empty) => return,
             };
-            if out.first {
+            let reply = out.first && !out.notice;
+            if reply {
                 self.settle(out.user.as_deref(), Some(env.now));
+                self.replies.spend(env.now, 1);
                 if let Some(u) = &out.user {
-                    self.users.entry(u).last_reply_at = Some(env.now);
+                    self.users.replied(u, env.now);
                 }
             }
             let user = match &out.command.kind {
@@ -856,7 +1053,7 @@ impl Channel {
                 CommandKind::Say { .. } => out.user.clone(),
             };
             let cid = out.command.correlation_id.clone();
-            if out.first {
+            if reply {
                 if let Some(c) = &cid {
                     self.handover.answered(c);
                 }

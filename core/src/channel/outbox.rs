@@ -21,6 +21,8 @@ pub(super) struct Outgoing {
     pub user: Option<String>,
     /// The first message of a reply settles its limit accounting when sent.
     pub first: bool,
+    /// An answer to a moderator's command: counts against no limit.
+    pub notice: bool,
     /// `fallback` for an operator's fallback line.
     pub reason: Option<Reason>,
 }
@@ -95,6 +97,7 @@ mod tests {
             trigger: Trigger::Mention,
             user: None,
             first: true,
+            notice: false,
             reason: None,
         }
     }

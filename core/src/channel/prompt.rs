@@ -2,9 +2,15 @@
 //! speakers, and the instruction for what the bot should do now.
 //!
 //! The line being answered is left out of the chatter and comes last, marked, so the
-//! model knows whom it answers. This file owns the wording; which lines are remembered
-//! is `context.rs`'s, and when to ask is the channel's.
+//! model knows whom it answers. The room's facts (what is playing, who is here) change
+//! with every request, so they come after the chat lines, in the last message next to
+//! the instruction: everything before them stays a common prefix. This file owns the
+//! wording; which lines are remembered is `context.rs`'s, the facts are `room.rs`'s,
+//! and when to ask is the channel's.
 
+use std::fmt::Write;
+
+use super::room::Facts;
 use crate::context::{ChatLine, Context};
 use crate::contract::{PromptMessage, Role};
 
@@ -29,6 +35,7 @@ pub(super) fn messages(
     bot_name: &str,
     channel: &str,
     conversation: Option<&Context>,
+    facts: &Facts,
     prompt: &Prompt,
 ) -> Vec<PromptMessage> {
     let system = format!(
@@ -74,6 +81,57 @@ pub(super) fn messages(
         }
         Prompt::Contextual => "[Join the conversation with one short line.]".into(),
     };
-    messages.push(PromptMessage { role: Role::User, content: last });
+    let content = match room_line(facts) {
+        Some(room) => format!("{room}\n{last}"),
+        None => last,
+    };
+    messages.push(PromptMessage { role: Role::User, content });
     messages
+}
+
+/// `1:05`, `1:02:03`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// The room's facts as one bracketed line, or `None` when nothing is known.
+fn room_line(f: &Facts) -> Option<String> {
+    if f.is_empty() {
+        return None;
+    }
+    let mut line = String::from("[Room now:");
+    if let Some((title, position, length, paused)) = &f.playing {
+        let _ = write!(line, " playing \"{title}\"");
+        match length {
+            Some(len) => {
+                let _ = write!(line, " ({} of {}", clock(*position), clock(*len));
+            }
+            None => {
+                let _ = write!(line, " ({} in", clock(*position));
+            }
+        }
+        line.push_str(if *paused { ", paused)." } else { ")." });
+        if let Some(next) = &f.next {
+            let _ = write!(line, " Up next: \"{next}\".");
+        }
+    }
+    if f.count > 0 {
+        let _ = write!(line, " {} here", f.count);
+        if !f.names.is_empty() {
+            let names: Vec<&str> = f.names.iter().map(|n| &**n).collect();
+            let _ = write!(line, ", including {}", names.join(", "));
+        }
+        line.push('.');
+        if !f.moderators.is_empty() {
+            let mods: Vec<&str> = f.moderators.iter().map(|n| &**n).collect();
+            let _ = write!(line, " Moderators: {}.", mods.join(", "));
+        }
+    }
+    line.push(']');
+    Some(line)
 }

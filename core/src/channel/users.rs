@@ -26,7 +26,9 @@ pub(super) struct UserState {
     pub window: SlidingWindow,
     pub pending: usize,
     /// When the bot last sent a reply to this user (loop guard).
-    pub last_reply_at: Option<Millis>,
+    last_reply_at: Option<Millis>,
+    /// Their first line after that reply has been judged (later ones do not answer it).
+    judged: bool,
     /// Consecutive quick exchanges with this user.
     exchanges: u32,
     /// Loops detected with this user; each doubles the next backoff.
@@ -98,23 +100,45 @@ impl Users {
         penalised
     }
 
+    /// The bot just sent a reply to `user_lc`: their next line answers it.
+    pub fn replied(&mut self, user_lc: &str, now: Millis) {
+        let st = self.entry(user_lc);
+        st.last_reply_at = Some(now);
+        st.judged = false;
+    }
+
     /// Whether one more reply to `user` fits their window, counting pending ones.
     pub fn allows(&mut self, user: &str, now: Millis, cfg: WindowConfig) -> bool {
         self.by_name.get_mut(&user.to_lowercase()).is_none_or(|s| s.window.allows(now, cfg, s.pending))
     }
 
-    /// Detects a bot loop with `user`: their line answers ours within the window (or
-    /// `copies_us`, copies one of ours) `max_exchanges` times in a row. Then backs off
-    /// from them, twice as long for each further loop.
-    pub fn loop_guard(&mut self, user: &str, copies_us: bool, now: Millis, g: LoopGuardConfig) -> Result<(), Reason> {
+    /// Detects a bot loop with `user`: `max_exchanges` bot-like exchanges in a row. A
+    /// line is bot-like when it answers our reply to them (within `window`) faster than a
+    /// person does: sooner than `quick_reply`, or `line_chars` typed faster than
+    /// `typing_speed`; or when it copies one of our recent lines (`copies_us`, whenever
+    /// it comes). Any
+    /// human-paced line ends the streak. Then backs off from them, twice as long for each
+    /// further loop.
+    pub fn loop_guard(
+        &mut self,
+        user: &str,
+        copies_us: bool,
+        line_chars: usize,
+        now: Millis,
+        g: LoopGuardConfig,
+    ) -> Result<(), Reason> {
         let st = self.entry(&user.to_lowercase());
         if st.backoff_until.is_some_and(|t| now < t) {
             return Err(Reason::LoopGuard);
         }
-        let answering_us = st.last_reply_at.is_some_and(|t| now < t.after(g.window));
-        if answering_us || copies_us {
+        // Only their first line after our reply answers it; later ones neither count nor
+        // end the streak (a person or a bot repeating themselves meets the per-user limit).
+        let answer = st.last_reply_at.filter(|_| !st.judged).map(|t| now.since(t)).filter(|d| *d < g.window);
+        st.judged = true;
+        let quick = |d: Duration| d < g.quick_reply || line_chars as f64 > d.as_secs_f64() * f64::from(g.typing_speed);
+        if copies_us || answer.is_some_and(quick) {
             st.exchanges += 1;
-        } else {
+        } else if answer.is_some() || st.last_reply_at.is_none_or(|t| now.since(t) >= g.window) {
             st.exchanges = 0;
             // A calm spell as long as the last backoff forgives earlier loops.
             if st.backoff_until.is_some_and(|t| now >= t.after(doubling(g.backoff, st.loops, MAX_BACKOFF))) {
@@ -174,8 +198,13 @@ impl Users {
 mod tests {
     use super::*;
 
-    const GUARD: LoopGuardConfig =
-        LoopGuardConfig { max_exchanges: 3, window: Duration::from_secs(120), backoff: Duration::from_secs(300) };
+    const GUARD: LoopGuardConfig = LoopGuardConfig {
+        max_exchanges: 3,
+        window: Duration::from_secs(120),
+        backoff: Duration::from_secs(300),
+        quick_reply: Duration::from_secs(6),
+        typing_speed: 15,
+    };
     const PENALTY: PenaltyConfig = PenaltyConfig { base: Duration::from_secs(30), max: Duration::from_secs(1800) };
 
     #[test]
@@ -184,13 +213,63 @@ mod tests {
         let mut now = Millis(1_000_000);
         let mut outcomes = Vec::new();
         for _ in 0..4 {
-            users.entry("bot2").last_reply_at = Some(now);
+            users.replied("bot2", now);
             now = now.after(Duration::from_secs(2));
-            outcomes.push(users.loop_guard("Bot2", false, now, GUARD));
+            outcomes.push(users.loop_guard("Bot2", false, 40, now, GUARD));
         }
         assert_eq!(outcomes, [Ok(()), Ok(()), Err(Reason::LoopGuard), Err(Reason::LoopGuard)]);
         let first_end = users.entry("bot2").backoff_until.unwrap();
         assert_eq!(first_end, Millis(1_000_000).after(Duration::from_secs(6 + 300)));
+    }
+
+    #[test]
+    fn a_person_answering_at_human_pace_is_never_a_loop() {
+        let mut users = Users::default();
+        let mut now = Millis(1_000_000);
+        for (i, wait) in [8u64, 25, 9, 40, 12, 8, 30, 8, 8, 8].into_iter().enumerate() {
+            users.replied("alice", now);
+            now = now.after(Duration::from_secs(wait));
+            assert_eq!(users.loop_guard("alice", false, 60, now, GUARD), Ok(()), "turn {i}");
+        }
+    }
+
+    #[test]
+    fn fast_long_lines_and_copies_are_bot_like_even_when_slower_than_quick_reply() {
+        let mut users = Users::default();
+        let mut now = Millis(1_000_000);
+        let mut out = Vec::new();
+        for (chars, copies) in [(200, false), (30, true), (200, false)] {
+            users.replied("bot2", now);
+            now = now.after(Duration::from_secs(10));
+            out.push(users.loop_guard("bot2", copies, chars, now, GUARD));
+        }
+        assert_eq!(out, [Ok(()), Ok(()), Err(Reason::LoopGuard)], "200 characters in 10 s is 20 per second");
+        // A human-paced line in between ends the streak.
+        let mut users = Users::default();
+        for (wait, chars) in [(2u64, 40), (2, 40), (20, 40), (2, 40), (2, 40)] {
+            users.replied("x", now);
+            now = now.after(Duration::from_secs(wait));
+            assert_eq!(users.loop_guard("x", false, chars, now, GUARD), Ok(()));
+        }
+    }
+
+    #[test]
+    fn only_the_first_line_after_a_reply_answers_it() {
+        let mut users = Users::default();
+        let mut now = Millis(1_000_000);
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            users.replied("chatty", now);
+            now = now.after(Duration::from_secs(2));
+            out.push(users.loop_guard("chatty", false, 40, now, GUARD));
+            // Unanswered repeats (a cooldown held them back) neither count nor end the streak.
+            for _ in 0..2 {
+                now = now.after(Duration::from_secs(8));
+                out.push(users.loop_guard("chatty", false, 40, now, GUARD));
+            }
+        }
+        assert!(out[..6].iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(out[6], Err(Reason::LoopGuard), "the third quick answer: {out:?}");
     }
 
     #[test]

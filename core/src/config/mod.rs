@@ -150,6 +150,25 @@ pub struct Config {
     pub dry_run: bool,
     /// Several instances sharing the channels through leases.
     pub ha: HaConfig,
+    /// Moderators steering the bot from chat (`!kryten mute 10m`).
+    pub moderation: ModerationConfig,
+}
+
+/// `moderation:` commands a room's moderators give the bot in chat or by PM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModerationConfig {
+    /// Off: a command line is an ordinary chat line.
+    pub enabled: bool,
+    /// What starts a command (`!` in `!kryten mute 10m`).
+    pub prefix: String,
+    /// The lowest CyTube rank obeyed (2: moderator).
+    pub min_rank: f64,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        ModerationConfig { enabled: true, prefix: "!".into(), min_rank: 2.0 }
+    }
 }
 
 /// `ha:` several instances, one voice per channel (JetStream key-value leases).
@@ -436,15 +455,22 @@ pub struct ChannelConfig {
     pub budget: BudgetConfig,
 }
 
-/// `loop_guard:`: after `max_exchanges` quick exchanges with one account, back off.
+/// `loop_guard:`: after `max_exchanges` bot-like exchanges in a row with one account,
+/// back off. A line is a bot-like exchange when it answers our reply to that account
+/// faster than a person does: within `quick_reply`, or typed faster than `typing_speed`,
+/// or copying one of our recent lines (`docs/configuration.md`, "The loop guard").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoopGuardConfig {
-    /// Exchanges allowed within `window` before backing off.
+    /// Bot-like exchanges in a row before backing off.
     pub max_exchanges: u32,
-    /// How close an answer to our reply must be to count as an exchange.
+    /// How long after our reply a line still answers it.
     pub window: Duration,
     /// First backoff; doubles for each further loop with the same account.
     pub backoff: Duration,
+    /// An answer this soon after our reply is faster than a person reads and types.
+    pub quick_reply: Duration,
+    /// Characters per second no person types: a longer line, sooner, is a program's.
+    pub typing_speed: u32,
 }
 
 /// `penalty:`: a user's cooldown after hitting limits, doubling per strike up to `max`.

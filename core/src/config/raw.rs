@@ -79,6 +79,8 @@ layered!(
         max_exchanges: NonZeroU32,
         window: PositiveDur,
         backoff: PositiveDur,
+        quick_reply: Dur,
+        typing_speed: NonZeroU32,
     }
 );
 layered!(
@@ -197,7 +199,7 @@ response:
   block_keywords: []
   dedupe_window: 10
 ignore_users: []
-loop_guard: { max_exchanges: 3, window: 2m, backoff: 5m }
+loop_guard: { max_exchanges: 3, window: 2m, backoff: 5m, quick_reply: 6s, typing_speed: 15 }
 penalty: { base: 30s, max: 30m }
 budget: { tokens_per_hour: 0, tokens_per_day: 0, include_pms: true }
 "#;
@@ -222,6 +224,35 @@ pub(super) struct RawConfig {
     pub(super) dry_run: bool,
     #[serde(default)]
     pub(super) ha: RawHa,
+    #[serde(default)]
+    pub(super) moderation: RawModeration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModeration {
+    #[serde(default = "yes")]
+    pub(super) enabled: bool,
+    #[serde(default = "default_prefix")]
+    pub(super) prefix: CommandPrefix,
+    #[serde(default = "default_min_rank")]
+    pub(super) min_rank: Rank,
+}
+
+impl Default for RawModeration {
+    fn default() -> Self {
+        RawModeration { enabled: true, prefix: default_prefix(), min_rank: default_min_rank() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_prefix() -> CommandPrefix {
+    CommandPrefix("!".into())
+}
+fn default_min_rank() -> Rank {
+    Rank(2.0)
 }
 
 #[derive(Debug, Deserialize)]

@@ -69,8 +69,22 @@ impl Config {
             lease_ttl: raw.ha.lease_ttl.0,
             instance: raw.ha.instance.unwrap_or_default(),
         };
-        let config =
-            Config { bot: raw.bot, nats, kryten: raw.kryten, http: raw.http, llm, channels, dry_run: raw.dry_run, ha };
+        let moderation = ModerationConfig {
+            enabled: raw.moderation.enabled,
+            prefix: raw.moderation.prefix.0,
+            min_rank: raw.moderation.min_rank.0,
+        };
+        let config = Config {
+            bot: raw.bot,
+            nats,
+            kryten: raw.kryten,
+            http: raw.http,
+            llm,
+            channels,
+            dry_run: raw.dry_run,
+            ha,
+            moderation,
+        };
         check_patterns(&config, &at)?;
         Ok(config)
     }
@@ -274,6 +288,8 @@ fn resolve_channel(
                 max_exchanges: need(g.max_exchanges, "loop_guard.max_exchanges", o)?.get(),
                 window: need(g.window, "loop_guard.window", o)?.0,
                 backoff: need(g.backoff, "loop_guard.backoff", o)?.0,
+                quick_reply: need(g.quick_reply, "loop_guard.quick_reply", o)?.0,
+                typing_speed: need(g.typing_speed, "loop_guard.typing_speed", o)?.get(),
             }
         },
         penalty: {

@@ -143,6 +143,40 @@ impl<'de> Deserialize<'de> for BucketName {
     }
 }
 
+/// `moderation.prefix`: what starts a command line (`!` in `!kryten mute`): 1 to 8
+/// characters, no whitespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CommandPrefix(pub(super) String);
+
+impl<'de> Deserialize<'de> for CommandPrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || s.chars().count() > 8 || s.chars().any(char::is_whitespace) {
+            return Err(de::Error::custom(format!(
+                "invalid command prefix `{s}`: 1 to 8 characters without spaces, e.g. `!`"
+            )));
+        }
+        Ok(CommandPrefix(s))
+    }
+}
+
+/// A CyTube rank (0 guest, 1 member, 2 moderator, 3 channel admin, 4 owner, 255 site
+/// admin): a number from 0 to 255.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Rank(pub(super) f64);
+
+impl<'de> Deserialize<'de> for Rank {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=255.0).contains(&v) {
+            return Err(de::Error::custom(format!(
+                "rank {v} is outside 0..=255 (CyTube: 1 member, 2 moderator, 3 admin, 4 owner)"
+            )));
+        }
+        Ok(Rank(v))
+    }
+}
+
 /// A lease TTL: at least 1 s (renewals go out every third of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct LeaseTtl(pub(super) Duration);

@@ -103,6 +103,27 @@ impl Bot {
         self.body(body.to_string().into_bytes());
     }
 
+    /// Any Kryten event in `lounge`, shaped as the robot publishes it.
+    pub fn event(&mut self, name: &str, payload: serde_json::Value) {
+        self.seq += 1;
+        let body = serde_json::json!({
+            "event_name": name, "channel": "lounge", "correlation_id": format!("ev-{}", self.seq),
+            "timestamp": "2026-01-15T10:30:00.000000+00:00", "payload": payload
+        });
+        self.body(body.to_string().into_bytes());
+    }
+
+    /// PMs published so far, as (recipient, text).
+    pub fn pms(&self) -> Vec<(String, String)> {
+        self.published()
+            .into_iter()
+            .filter_map(|c| match c.kind {
+                CommandKind::Pm { to, text } => Some((to, text)),
+                CommandKind::Say { .. } => None,
+            })
+            .collect()
+    }
+
     /// LLM calls made so far and not yet answered by this helper.
     pub fn calls(&self) -> Vec<LlmCall> {
         self.effects
