@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Subscriber};
-use chatbot_core::{Config, Effect, Engine, Input, Millis, RequestId};
+use chatbot_core::{Config, Effect, Engine, Input, Millis, RequestId, RoomSnapshot};
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, StreamExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -30,8 +30,8 @@ use crate::http::{self, Shared};
 use crate::kryten::{self, Identity, ServiceCommand, ServiceRequest};
 use crate::llm::{LlmClient, Outcome};
 use crate::metrics::Metrics;
-use crate::nats;
 use crate::{load_config, LoadError};
+use crate::{nats, room};
 
 /// How long SIGTERM waits for in-flight requests and queued replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -207,6 +207,8 @@ struct Daemon {
     request_salt: u64,
     /// Leases when `ha.enabled`.
     ha: Option<Ha>,
+    /// Where reads of the robot's stored room state report.
+    room_tx: mpsc::UnboundedSender<RoomSnapshot>,
     connected: bool,
     reconnects: u64,
     seen_first_connect: bool,
@@ -353,12 +355,40 @@ impl Daemon {
         self.feed(Input::LlmDone { id, result: outcome.result }).await;
     }
 
+    /// Reads the robot's stored room state of `channels` in the background; each one
+    /// found comes back as an input (events seen meanwhile win over it).
+    fn read_rooms(&self, channels: Vec<String>) {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let (tx, clock) = (self.room_tx.clone(), self.clock);
+        tokio::spawn(async move {
+            let reads = futures_util::stream::iter(channels).map(|c| {
+                let js = js.clone();
+                async move { room::read(&js, &c, clock.now()).await }
+            });
+            let mut reads = reads.buffer_unordered(8);
+            let mut found = 0usize;
+            while let Some(read) = reads.next().await {
+                if let Some(s) = read {
+                    found += 1;
+                    let _ = tx.send(s);
+                }
+            }
+            tracing::debug!(channels = found, "read the robot's stored room state");
+        });
+    }
+
+    fn channel_names(&self) -> Vec<String> {
+        self.engine.config().channels.iter().map(|c| c.name.clone()).collect()
+    }
+
     async fn on_connection(&mut self, up: bool) {
         if up {
             if self.seen_first_connect && !self.connected {
                 self.reconnects += 1;
                 self.shared.metrics.reconnects.inc();
                 tracing::info!(reconnects = self.reconnects, "nats reconnected");
+                // Events were missed while away: what the robot stored fills the gap.
+                self.read_rooms(self.channel_names());
             }
             self.seen_first_connect = true;
         } else {
@@ -498,7 +528,12 @@ impl Daemon {
         if let Err(e) = self.subs.sync(&new).await {
             tracing::error!(error = %e, "reload: subscription change failed");
         }
+        let added: Vec<String> =
+            new.channels.iter().filter(|c| !self.engine.has_channel(&c.name)).map(|c| c.name.clone()).collect();
         self.feed(Input::Reload(Box::new(new))).await;
+        if !added.is_empty() {
+            self.read_rooms(added);
+        }
         tracing::info!(channels = self.engine.config().channels.len(), "reloaded");
     }
 
@@ -652,6 +687,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     let _ = client.flush().await;
 
     let (llm_tx, mut llm_rx) = mpsc::unbounded_channel();
+    let (room_tx, mut room_rx) = mpsc::unbounded_channel();
     let seed = RandomState::new().hash_one(clock.now().0);
     let mut d = Daemon {
         engine: Engine::new(config, seed, clock.now()),
@@ -669,6 +705,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
         request_seq: 0,
         request_salt: seed.rotate_left(29),
         ha,
+        room_tx,
         connected: true,
         reconnects: 0,
         seen_first_connect: false,
@@ -680,6 +717,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
     http::spawn(listener, shared.clone())
         .map_err(|e| StartError::Http { addr: d.engine.config().http.listen.clone(), reason: e.to_string() })?;
     d.lifecycle("startup", None).await;
+    // Subscribed first: events that arrive while the stored state is read are newer.
+    d.read_rooms(d.channel_names());
     d.refresh_health();
     tracing::info!(
         channels = d.engine.config().channels.len(),
@@ -713,6 +752,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
             // The engine's next timer (send spacing, participation, LLM deadline, leases,
             // heartbeat).
             _ = &mut timer => d.feed(Input::Tick).await,
+            // The robot's stored state of a channel's room (start, reconnect, new channel).
+            Some(snapshot) = room_rx.recv() => d.feed(Input::RoomState(snapshot)).await,
             // NATS went down or came back: the engine holds replies meanwhile.
             Some(up) = state_rx.recv() => d.on_connection(up).await,
             _ = hup.recv() => d.on_hangup(),

@@ -138,6 +138,7 @@ fn document(h: &HealthState) -> Value {
         "channels": h.channels.iter().map(|c| json!({
             "name": c.name, "context_size": c.context_len, "in_flight": c.in_flight, "queued": c.queued,
             "tokens_last_hour": c.tokens_hour, "tokens_last_day": c.tokens_day,
+            "muted": c.muted, "users": c.users, "playing": c.playing,
         })).collect::<Vec<_>>(),
     });
     if let Some(ha) = &h.ha {

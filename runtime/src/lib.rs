@@ -12,6 +12,7 @@ pub mod llm;
 pub mod metrics;
 pub mod nats;
 pub mod record;
+pub mod room;
 
 pub use daemon::{run, StartError};
 

@@ -537,7 +537,9 @@ async fn handle(
         .split(|c: char| !c.is_ascii_alphanumeric())
         .rfind(|w| w.len() > 3 && w.starts_with("tok"))
         .map(str::to_owned);
-    let last = last.split_once("] ").map_or(last.as_str(), |(_, line)| line).to_owned();
+    // The instruction is the last line (room facts may come before it).
+    let line = last.rsplit('\n').next().unwrap_or("");
+    let last = line.split_once("] ").map_or(line, |(_, line)| line).to_owned();
     let default = match token {
         Some(t) => format!("sure thing, here you go {t}"),
         None => format!("echo: {last}"),
@@ -727,6 +729,26 @@ pub fn pm(channel: &str, user: &str, msg: &str, id: &str) -> Vec<u8> {
            "channel": channel, "domain": "cytu.be", "timestamp": "2026-01-15T10:30:00.000000+00:00", "correlation_id": id})
     .to_string()
     .into_bytes()
+}
+
+/// A JetStream key-value bucket, created as Kryten-Robot's are. The stream is made
+/// directly: async-nats' `create_key_value` reads account info in a shape nats-server 2.9
+/// (Debian 12's) does not send.
+pub async fn kv_bucket(client: &async_nats::Client, bucket: &str) -> async_nats::jetstream::kv::Store {
+    use async_nats::jetstream;
+    let js = jetstream::new(client.clone());
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.expect("the bucket's stream");
+    js.get_key_value(bucket).await.expect("the bucket")
 }
 
 /// Publishes an event on the subject Kryten-Robot would use.
