@@ -36,6 +36,16 @@ pub fn summary(path: &Path, cfg: &Config) -> String {
             if cfg.ha.instance.is_empty() { "hostname-pid" } else { cfg.ha.instance.as_str() }
         );
     }
+    let m = &cfg.moderation;
+    if m.enabled {
+        let _ = writeln!(
+            s,
+            "  moderation: `{}{} help` from rank {} and up (answered by PM)",
+            m.prefix, cfg.bot.name, m.min_rank
+        );
+    } else {
+        let _ = writeln!(s, "  moderation: off");
+    }
     let _ = writeln!(s, "  channels: {}", cfg.channels.len());
     for ch in &cfg.channels {
         let t = &ch.triggers;
