@@ -214,3 +214,20 @@ fn an_instance_that_was_cut_off_assumes_the_worst_about_the_unsaved_second() {
     assert_eq!(bot.said(), ["ok"]);
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::PerChannelLimit, Reason::PerChannelLimit]);
 }
+
+#[test]
+fn a_standby_obeys_a_moderator_silently_so_a_takeover_keeps_the_mute() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    bot.event("userlist", serde_json::json!([{"name": "carol", "rank": 2}, {"name": "alice", "rank": 1}]));
+    bot.say("carol", "!kryten mute");
+    assert!(bot.published().is_empty(), "only the lease holder answers");
+    assert!(bot.effects.iter().any(|e| matches!(e, Effect::Moderation(r) if r.command == "mute")));
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner]);
+    acquired(&mut bot, None);
+    bot.say("alice", "hey KrytenBot");
+    assert!(bot.calls().is_empty(), "the new owner is muted as the moderator asked");
+    assert_eq!(bot.reasons(Outcome::Suppressed).last(), Some(&Reason::Muted));
+    bot.say("carol", "!kryten unmute");
+    assert_eq!(bot.pms(), [("carol".to_owned(), "Speaking again in lounge.".to_owned())]);
+}

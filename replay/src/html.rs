@@ -116,6 +116,20 @@ impl Report {
             table(&mut out, "ignored", &ch.ignored);
             table(&mut out, "events", &ch.events);
             out.push_str("</div>");
+            if !ch.commands.is_empty() {
+                out.push_str("<table class=reply><caption>moderator commands</caption>");
+                for c in &ch.commands {
+                    let _ = write!(
+                        out,
+                        "<tr><td>{}</td><td>{}</td><td>{} → {}</td></tr>",
+                        clock(c.at),
+                        esc(&c.user),
+                        esc(c.command),
+                        esc(&c.changed)
+                    );
+                }
+                out.push_str("</table>");
+            }
             if !ch.replies.is_empty() {
                 out.push_str("<table class=reply><caption>replies</caption>");
                 for r in &ch.replies {

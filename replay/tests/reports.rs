@@ -90,6 +90,37 @@ fn the_backlog_and_the_bots_own_lines_are_never_answered() {
 }
 
 #[test]
+fn moderator_commands_and_what_they_changed_are_listed() {
+    let at = |s: u64| 1_795_633_200_000 + s * 1000;
+    let line = |event: &str, payload: serde_json::Value, s: u64| {
+        serde_json::json!({"event_name": event, "payload": payload, "channel": "lounge", "domain": "cytu.be",
+            "timestamp": chatbot_core::Millis(at(s)).to_rfc3339(), "correlation_id": format!("c{s}")})
+        .to_string()
+    };
+    let chat = |user: &str, msg: &str, s: u64| {
+        line("chatMsg", serde_json::json!({"username": user, "msg": msg, "meta": {}, "time": at(s)}), s)
+    };
+    let corpus = [
+        line("userlist", serde_json::json!([{"name": "carol", "rank": 2}, {"name": "bob", "rank": 0}]), 0),
+        chat("bob", "!KrytenBot mute", 1),
+        chat("carol", "!KrytenBot mute 10m", 2),
+        chat("alice", "KrytenBot, hello?", 3),
+        chat("carol", "!KrytenBot unmute", 4),
+    ]
+    .join("\n");
+    let report = run_with(&corpus, config_for(&corpus), 0);
+    let text = report.to_text();
+    assert!(text.contains("moderator commands"), "{text}");
+    assert!(text.contains("carol         mute → muted for 10m"), "{text}");
+    assert!(text.contains("carol         unmute → unmuted"), "{text}");
+    assert!(text.contains("ignored      not_moderator 1"), "{text}");
+    assert!(text.contains("muted 1"), "the mention while muted: {text}");
+    assert!(report.to_html().contains("<caption>moderator commands</caption>"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["channels"][0]["commands"][0]["changed"], "muted for 10m");
+}
+
+#[test]
 fn bad_lines_are_reported_with_numbers_and_the_run_goes_on() {
     let corpus =
         format!("{}\nthis is not json\n// comment\n{{\"payload\": 1}}\n{}", read("corpus/demo.jsonl").trim_end(), "");
