@@ -226,3 +226,21 @@ proptest! {
         }
     }
 }
+
+/// The case the room issue measured: seven questions, each 25 s after the bot's previous
+/// answer, with the default config. The guard of before answered three and then kept
+/// five minutes of `loop_guard` silence.
+#[test]
+fn seven_questions_25_s_after_each_answer_get_seven_answers() {
+    let turns: Vec<Turn> = (0..7)
+        .map(|i| Turn {
+            wait_ms: 25_000,
+            line: format!("kryten, question number {i}: what do you think about the ending?"),
+            latency_ms: 1_200,
+            reply: format!("Answer {i}: the ending was arguably the subtle part of the narrative."),
+        })
+        .collect();
+    let decisions = converse(&turns);
+    let sent = decisions.iter().filter(|d| d.outcome == Outcome::Sent).count();
+    assert_eq!(sent, 7, "{decisions:?}");
+}
