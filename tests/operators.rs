@@ -36,7 +36,7 @@ async fn mute_unmute_clear_recent_decisions_and_budget_status() {
     publish_event(&client, "lounge", "chatMsg", chat("lounge", "bob", "kryten, now?", "o-2")).await;
     assert_eq!(commands.next(T).await.expect("answers again")["args"]["message"], "echo: bob: kryten, now?");
     let (body, _) = llm.requests.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(body["messages"].as_array().unwrap().len(), 2, "the cleared context no longer holds alice's line");
+    assert_eq!(body["messages"].as_array().unwrap().len(), 3, "the cleared context no longer holds alice's line");
 
     let r = ask(&client, json!({"command": "budget.status"})).await;
     assert!(r["data"]["tokens_last_hour"].as_u64().unwrap() > 0, "{r}");

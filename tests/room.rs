@@ -94,7 +94,7 @@ async fn the_title_reaches_the_prompt_and_moderators_mute_unmute_and_forget_by_c
         "echo: alice: kryten, what was the word?"
     );
     let prompt = last_prompt(&llm);
-    assert_eq!(prompt.len(), 2, "system prompt and the line answered only: {prompt:?}");
+    assert_eq!(prompt.len(), 3, "system prompt, the line answered and the instruction only: {prompt:?}");
     assert!(!prompt.iter().any(|m| m["content"].as_str().unwrap().contains("marmalade")));
 }
 

@@ -18,8 +18,9 @@ struct Echo;
 
 impl Responder for Echo {
     fn respond(&mut self, call: &LlmCall) -> Answer {
-        let last = call.messages.last().map_or("", |m| m.content.as_str());
-        let line = last.split_once("] ").map_or(last, |(_, l)| l);
+        // The line answered sits just before the instruction.
+        let n = call.messages.len();
+        let line = call.messages.get(n.saturating_sub(2)).map_or("", |m| m.content.as_str());
         Answer { latency: Duration::from_millis(1), result: Ok(LlmReply::new(format!("echo: {line}"), None)) }
     }
 }

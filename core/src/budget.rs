@@ -73,6 +73,29 @@ impl Ledger {
     }
 }
 
+/// How much of `current` repeats the start of `previous`, by characters: the share of
+/// `current`'s characters (roles and contents) that equal a prefix of `previous`. What a
+/// provider's prompt cache, or a local server's KV cache, can reuse between two
+/// consecutive requests of one conversation.
+pub fn prefix_reuse(previous: &[PromptMessage], current: &[PromptMessage]) -> (usize, usize) {
+    let size = |m: &PromptMessage| m.role.as_str().len() + m.content.chars().count();
+    let total: usize = current.iter().map(size).sum();
+    let mut common = 0;
+    for (a, b) in previous.iter().zip(current) {
+        if a.role != b.role {
+            break;
+        }
+        if a.content == b.content {
+            common += size(b);
+            continue;
+        }
+        common += a.role.as_str().len();
+        common += a.content.chars().zip(b.content.chars()).take_while(|(x, y)| x == y).count();
+        break;
+    }
+    (common, total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,6 +252,8 @@ pub struct LlmCall {
     pub messages: Vec<PromptMessage>,
     /// Why it is asked.
     pub purpose: Purpose,
+    /// The PM conversation it continues (lower-cased user); `None` for the channel's.
+    pub thread: Option<String>,
 }
 
 /// Why an LLM request is made.

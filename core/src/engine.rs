@@ -447,7 +447,7 @@ impl Engine {
             let slot = match self.slots.get(&key) {
                 Some(&slot) => {
                     if let Some(ch) = self.channels.get_mut(&slot) {
-                        ch.reconfigure(cc.clone(), compiled, self.now, &mut self.timers);
+                        ch.reconfigure(&config.bot, cc.clone(), compiled, self.now, &mut self.timers);
                         ch.set_global_budget(config.llm.budget);
                     }
                     slot
@@ -455,7 +455,8 @@ impl Engine {
                 None => {
                     let slot = self.next_slot;
                     self.next_slot += 1;
-                    let mut ch = Channel::new(slot, cc.clone(), compiled, self.seed, self.now, &mut self.timers);
+                    let mut ch =
+                        Channel::new(slot, &config.bot, cc.clone(), compiled, self.seed, self.now, &mut self.timers);
                     ch.set_global_budget(config.llm.budget);
                     self.channels.insert(slot, ch);
                     slot

@@ -34,6 +34,7 @@ pub mod html;
 pub mod lease;
 pub mod limit;
 pub mod response;
+pub mod template;
 pub mod time;
 pub mod timer;
 pub mod trigger;

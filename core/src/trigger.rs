@@ -80,7 +80,7 @@ pub fn whole_words_regex<'a>(
 
 fn whole_words(alt: &str, optional_at: bool) -> Result<Regex, regex::Error> {
     let at = if optional_at { "@?" } else { "" };
-    RegexBuilder::new(&format!("{EDGE_L}{at}(?:{alt}){EDGE_R}")).case_insensitive(true).build()
+    RegexBuilder::new(&format!("{EDGE_L}{at}({alt}){EDGE_R}")).case_insensitive(true).build()
 }
 
 /// The names that count as a mention of the bot.
@@ -105,6 +105,12 @@ impl Matcher {
     /// Does `text` mention the bot?
     pub fn is_mention(&self, text: &str) -> bool {
         self.mention.as_ref().is_some_and(|r| r.is_match(text))
+    }
+
+    /// The word of keyword group `group` that `text` contains, as written in `text`.
+    pub fn keyword_in(&self, group: usize, text: &str) -> Option<String> {
+        let c = self.keywords.get(group)?.as_ref()?.captures(text)?;
+        c.get(1).map(|m| m.as_str().to_owned())
     }
 
     /// Keyword groups matching `text`, in config order.
@@ -165,6 +171,8 @@ mod tests {
         assert_eq!(m.keywords("star   Wars is great").collect::<Vec<_>>(), vec![1]);
         assert_eq!(m.keywords("pizzas and sequels").count(), 0);
         assert_eq!(m.keywords("pizza sequel").collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(m.keyword_in(1, "the Star  Wars sequel").as_deref(), Some("Star  Wars"));
+        assert_eq!(m.keyword_in(0, "no match"), None);
     }
 
     #[test]

@@ -38,11 +38,14 @@ fn prompt_is_system_then_context_with_speakers_and_own_lines_as_assistant() {
     bot.say("bob", "kryten, tea?");
     let call = bot.last_call();
     let roles: Vec<Role> = call.messages.iter().map(|m| m.role).collect();
-    assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::User]);
+    assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::User, Role::User]);
     assert!(call.messages[0].content.contains("You are KrytenBot in the CyTube chat room \"lounge\""));
     assert_eq!(call.messages[1].content, "alice: morning & hello");
     assert_eq!(call.messages[2].content, "morning!");
-    assert_eq!(call.messages[3].content, "[bob is talking to you; answer this] bob: kryten, tea?");
+    // The line answered stays where it was said (a stable prefix), and the instruction
+    // names it last.
+    assert_eq!(call.messages[3].content, "bob: kryten, tea?");
+    assert_eq!(call.messages[4].content, "[bob is talking to you; answer their last line]");
 }
 
 #[test]
@@ -92,10 +95,9 @@ fn pm_is_answered_by_pm_and_own_pm_echo_is_ignored() {
     let mut bot = Bot::new(LOUNGE);
     bot.pm("alice", "KrytenBot", "psst, what's on?");
     let call = bot.last_call();
-    assert_eq!(
-        call.messages.last().unwrap().content,
-        "[private message from alice; answer privately] alice: psst, what's on?"
-    );
+    let n = call.messages.len();
+    assert_eq!(call.messages[n - 2].content, "alice: psst, what's on?");
+    assert_eq!(call.messages[n - 1].content, "[private message from alice; answer their last line privately]");
     bot.reply(&call, "a zoo video");
     assert_eq!(bot.published()[0].kind, CommandKind::Pm { to: "alice".into(), text: "a zoo video".into() });
     bot.pm("KrytenBot", "alice", "a zoo video");
@@ -383,7 +385,7 @@ fn reload_keeps_unchanged_channels_and_drops_removed_ones() {
     assert!(call.messages[0].content.starts_with("new\n\n"));
     assert_eq!(call.messages[1].content, "a: remember this line");
     bot.say_in("games", "d", "kryten?");
-    assert_eq!(bot.last_call().messages.len(), 2, "a new channel starts empty");
+    assert_eq!(bot.last_call().messages.len(), 3, "a new channel starts empty: system, d's line, instruction");
     bot.say_in("movies", "b", "kryten?");
     assert_eq!(bot.reasons(Outcome::Ignored), [Reason::UnknownChannel]);
 }
@@ -641,7 +643,7 @@ fn operators_can_mute_unmute_and_clear_a_channel() {
     bot.input(control(chatbot_core::Control::Unmute));
     bot.say("dave", "kryten, back?");
     let call = bot.last_call();
-    assert_eq!(call.messages.len(), 2, "context cleared: only the system prompt and dave's line");
+    assert_eq!(call.messages.len(), 3, "context cleared: the system prompt, dave's line and the instruction");
     let recent = bot.engine.recent_decisions("lounge", 2);
     assert_eq!(recent.len(), 2);
     assert_eq!(recent[1].outcome, Outcome::Fired);

@@ -46,7 +46,7 @@ fn what_is_playing_and_who_is_here_reach_the_prompt() {
     assert!(last.contains("Up next: \"PSY - GANGNAM STYLE\""), "{last}");
     assert!(last.contains("3 here, including carol, alice, bob. Moderators: carol."), "{last}");
     // The facts come after the chat lines, next to the instruction, in the last message.
-    assert!(last.ends_with("[alice is talking to you; answer this] alice: kryten, what are we watching?"));
+    assert!(last.ends_with("\n[alice is talking to you; answer their last line]"), "{last}");
     let call = bot.last_call();
     assert!(call.messages[..call.messages.len() - 1].iter().all(|m| !m.content.contains("Rick Astley")));
 }
@@ -147,9 +147,9 @@ fn forget_empties_the_next_prompts_chat_lines() {
     assert!(bot.pms()[0].1.starts_with("Forgot the conversation in lounge (2 lines)"), "{:?}", bot.pms());
     bot.say("alice", "kryten, what was the secret word?");
     let call = bot.last_call();
-    assert_eq!(call.messages.len(), 2, "system prompt and the line answered: {:?}", call.messages);
+    assert_eq!(call.messages.len(), 3, "system prompt, the line answered, the instruction: {:?}", call.messages);
     assert!(!call.messages.iter().any(|m| m.content.contains("marmalade") || m.content.contains("Rick Astley")));
-    assert!(call.messages[1].content.contains("3 here"), "who is here stays");
+    assert!(call.messages[2].content.contains("3 here"), "who is here stays");
 }
 
 #[test]
@@ -241,4 +241,30 @@ fn events_after_the_read_began_win_over_the_snapshot() {
     assert_eq!(bot.reasons(Outcome::Ignored).last(), Some(&Reason::NotModerator));
     bot.say("alice", "kryten, what's on?");
     assert!(last_user_message(&bot).contains("Rick Astley"), "the changeMedia after the read began wins");
+}
+
+#[test]
+fn operators_templates_see_the_room_the_time_and_the_keyword() {
+    let mut bot = room(
+        "channels:\n  - name: lounge\n    triggers: { keywords: [ { words: [star wars] } ] }\n    timezone: Asia/Tokyo\n    \
+         system_prompt: \"Tu es {{ bot.name }} dans {{ channel }}.\"\n    prompts:\n      \
+         keyword: \"{{ user }} a parlé de {{ keyword }} à {{ now }} le {{ date }} ; {{ users.count }} ici ; on regarde {{ media.title }} ({{ media.position }}/{{ media.duration }}), puis {{ media.next }}.\"\n      \
+         mention: \"{{ room }}\\n{{ user }} : {% for n in users.moderators %}{{ n }}{% endfor %}\"\n",
+    );
+    bot.say("bob", "anyone seen STAR WARS lately");
+    let call = bot.last_call();
+    assert!(call.messages[0].content.starts_with("Tu es KrytenBot dans lounge.\n\n"), "{}", call.messages[0].content);
+    // T0 is 10:30 UTC on 2026-01-15: 19:30 in Tokyo.
+    let last = &call.messages.last().unwrap().content;
+    assert!(last.ends_with(
+        "bob a parlé de STAR WARS à 19:30 le 2026-01-15 ; 3 ici ; on regarde Rick Astley - Never Gonna Give You Up (0:39/3:33), puis PSY - GANGNAM STYLE."
+    ), "{last}");
+    assert!(last.starts_with("[Room now: "), "the facts come first unless the template places {{{{ room }}}}: {last}");
+    bot.say("alice", "kryten?");
+    assert_eq!(
+        last_user_message(&bot).lines().last(),
+        Some("alice : carol"),
+        "placed `room` itself: no second facts line"
+    );
+    assert_eq!(last_user_message(&bot).matches("[Room now:").count(), 1);
 }

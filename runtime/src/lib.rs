@@ -41,7 +41,10 @@ pub enum LoadError {
 pub fn load_config(path: &Path) -> Result<Config, LoadError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
-    Ok(Config::parse(&text, &path.display().to_string())?)
+    // Files the config names (system_prompt_file) are relative to the config file.
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let read = |p: &str| std::fs::read_to_string(base.join(p));
+    Ok(Config::parse_with(&text, &path.display().to_string(), &read)?)
 }
 
 /// How log lines are written.

@@ -94,26 +94,37 @@ const STOPWORDS: &[&str] = &[
 impl Offline {
     /// The reply text for a call.
     pub fn text(&self, call: &LlmCall) -> String {
-        let last = call.messages.iter().rev().find(|m| m.role == Role::User).map_or("", |m| m.content.as_str());
-        let h = hash(last);
+        let users: Vec<&str> =
+            call.messages.iter().rev().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+        // The instruction is the last line of the last message (the room's facts come
+        // before it); the line answered is the message before it, or the instruction
+        // quotes it (`[note] user: text`, other templates).
+        let instruction = users.first().map_or("", |m| m.rsplit('\n').next().unwrap_or(m));
         if call.purpose == Purpose::ParticipationCheck {
             // The question is always the same: decide on the conversation before it.
             return if hash(&call.messages).is_multiple_of(3) { "yes".into() } else { "no".into() };
         }
-        if let Some(title) = last.strip_prefix("[The video changed to: ").and_then(|r| r.split_once(']')).map(|r| r.0) {
+        let h = hash(instruction);
+        if let Some(title) =
+            instruction.strip_prefix("[The video changed to: ").and_then(|r| r.split_once(']')).map(|r| r.0)
+        {
             return pick(MEDIA, h).replace("{title}", title);
         }
-        // The line being answered comes marked: `[note] user: text`.
-        let line = match last.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+        let last = match instruction.strip_prefix('[').and_then(|r| r.split_once("] ")) {
             Some((_, rest)) if rest.contains(": ") => rest,
-            _ => last,
+            _ if instruction.starts_with('[') && !instruction.starts_with("[Join") => {
+                users.get(1).copied().unwrap_or(instruction)
+            }
+            _ => instruction,
         };
+        let h = hash(last);
+        let line = last;
         let (user, text) = match line.split_once(": ") {
             Some((u, t)) if !line.starts_with('[') => (u, t),
             _ => ("friend", line),
         };
         let topic = self.topic_of(text, call).unwrap_or_else(|| "vibe".into());
-        let template = if last.starts_with("[Join") {
+        let template = if instruction.starts_with("[Join") {
             let context = call.messages.iter().rev().skip(1).find(|m| m.role == Role::User).map_or("", |m| &m.content);
             let topic = self.topic_of(context, call).unwrap_or_else(|| "conversation".into());
             return pick(JOIN, h).replace("{topic}", &topic);
@@ -358,6 +369,7 @@ mod tests {
                 PromptMessage { role: Role::User, content: last.into() },
             ],
             purpose,
+            thread: None,
         }
     }
 

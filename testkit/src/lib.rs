@@ -527,19 +527,25 @@ async fn handle(
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let last =
-        body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
-    requests.lock().unwrap().push((body, auth));
-    // The engine marks the line being answered: `[note] user: text`; echo the line.
+    let content = |back: usize| {
+        body["messages"].as_array().and_then(|m| m.iter().rev().nth(back)).and_then(|m| m["content"].as_str())
+    };
+    // Our prompts end with an instruction (`[…]`, after the room's facts) and have the line
+    // answered just before it; other bots (kryten-llm) end with the line, templated.
+    let instruction = content(0).unwrap_or("").rsplit('\n').next().unwrap_or("");
+    let line = match instruction.split_once("] ") {
+        Some((_, line)) => line.to_owned(),
+        None if instruction.starts_with('[') => content(1).unwrap_or("").to_owned(),
+        None => instruction.to_owned(),
+    };
+    requests.lock().unwrap().push((body.clone(), auth));
     // Benchmarks mark lines with a token (`tok…`) and look for it in the reply: answer
-    // with the token whatever the prompt's shape (other bots template the line).
-    let token = last
+    // with the token whatever the prompt's shape.
+    let token = line
         .split(|c: char| !c.is_ascii_alphanumeric())
         .rfind(|w| w.len() > 3 && w.starts_with("tok"))
         .map(str::to_owned);
-    // The instruction is the last line (room facts may come before it).
-    let line = last.rsplit('\n').next().unwrap_or("");
-    let last = line.split_once("] ").map_or(line, |(_, line)| line).to_owned();
+    let last = line;
     let default = match token {
         Some(t) => format!("sure thing, here you go {t}"),
         None => format!("echo: {last}"),

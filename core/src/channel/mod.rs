@@ -49,6 +49,7 @@ use crate::contract::{
 use crate::event::{Event, Media, Message};
 use crate::lease::LimitSnapshot;
 use crate::response::{Recent, Rejection, Rules};
+use crate::template::{self, Templates};
 use crate::time::Millis;
 use crate::timer::{TimerKey, Timers};
 use crate::trigger::{Matcher, Trigger};
@@ -58,26 +59,41 @@ const MAX_EVENT_KINDS: usize = 64;
 /// The last decisions kept per channel (for `decisions.recent`).
 pub const RECENT_DECISIONS: usize = 200;
 
-/// A channel's compiled patterns, shared by every channel with the same settings: regexes
-/// are the largest part of a channel's memory, and most channels share `defaults`.
-pub(crate) type Compiled = (Arc<Matcher>, Arc<Rules>);
+/// A channel's compiled patterns and templates, shared by every channel with the same
+/// settings: they are the largest part of a channel's memory, and most channels share
+/// `defaults`.
+#[derive(Clone)]
+pub(crate) struct Compiled {
+    matcher: Arc<Matcher>,
+    rules: Arc<Rules>,
+    templates: Arc<Templates>,
+    timezone: jiff::tz::TimeZone,
+}
 
-/// Compiles patterns once per distinct (keywords, response rules) in a config.
+/// What a compiled entry depends on.
+type CompileKey = (Vec<crate::config::KeywordConfig>, crate::config::ResponseConfig, [String; 7], String);
+
+/// Compiles once per distinct (keywords, response rules, templates, time zone) in a config.
 #[derive(Default)]
 pub(crate) struct CompileCache {
-    entries: Vec<(Vec<crate::config::KeywordConfig>, crate::config::ResponseConfig, String, Compiled)>,
+    entries: Vec<(CompileKey, Compiled)>,
 }
 
 impl CompileCache {
     pub fn get(&mut self, bot: &BotConfig, cfg: &ChannelConfig) -> Compiled {
-        let (kw, resp) = (&cfg.triggers.keywords, &cfg.response);
-        if let Some((_, _, _, c)) =
-            self.entries.iter().find(|(k, r, p, _)| k == kw && r == resp && *p == cfg.system_prompt)
-        {
+        let key: CompileKey =
+            (cfg.triggers.keywords.clone(), cfg.response.clone(), cfg.template_sources(), cfg.timezone.clone());
+        if let Some((_, c)) = self.entries.iter().find(|(k, _)| *k == key) {
             return c.clone();
         }
-        let compiled = (Arc::new(Matcher::new(bot, kw)), Arc::new(Rules::new(resp, bot, &cfg.system_prompt)));
-        self.entries.push((kw.clone(), resp.clone(), cfg.system_prompt.clone(), compiled.clone()));
+        let compiled = Compiled {
+            matcher: Arc::new(Matcher::new(bot, &key.0)),
+            rules: Arc::new(Rules::new(&key.1, bot, &cfg.system_prompt)),
+            templates: Arc::new(Templates::new(&key.2)),
+            // Checked by `Config::parse`.
+            timezone: jiff::tz::db().get(&key.3).unwrap_or(jiff::tz::TimeZone::UTC),
+        };
+        self.entries.push((key, compiled.clone()));
         compiled
     }
 }
@@ -155,6 +171,10 @@ pub(crate) struct Channel {
     pub cfg: ChannelConfig,
     matcher: Arc<Matcher>,
     rules: Arc<Rules>,
+    templates: Arc<Templates>,
+    timezone: jiff::tz::TimeZone,
+    /// The system prompt, when its template names only fixed values (rendered once).
+    system_static: Option<String>,
     rng: ChaCha8Rng,
     seq: u32,
     context: Context,
@@ -189,6 +209,7 @@ pub(crate) struct Channel {
 impl Channel {
     pub fn new(
         slot: u32,
+        bot: &BotConfig,
         cfg: ChannelConfig,
         compiled: Compiled,
         seed: u64,
@@ -199,8 +220,11 @@ impl Channel {
         let seen = Seen::new(fmix64(seed ^ key_of(("seen", cfg.name.to_ascii_lowercase()))));
         let ch = Channel {
             slot,
-            matcher: compiled.0,
-            rules: compiled.1,
+            system_static: compiled.templates.fixed_system(&template_bot(bot), &cfg.name),
+            matcher: compiled.matcher,
+            rules: compiled.rules,
+            templates: compiled.templates,
+            timezone: compiled.timezone,
             rng,
             seq: 0,
             context: Context::new(cfg.context.max_messages, cfg.context.max_age),
@@ -231,8 +255,17 @@ impl Channel {
     }
 
     /// Applies a reloaded config, keeping context, limits and queues.
-    pub fn reconfigure(&mut self, cfg: ChannelConfig, compiled: Compiled, now: Millis, timers: &mut Timers) {
-        (self.matcher, self.rules) = compiled;
+    pub fn reconfigure(
+        &mut self,
+        bot: &BotConfig,
+        cfg: ChannelConfig,
+        compiled: Compiled,
+        now: Millis,
+        timers: &mut Timers,
+    ) {
+        self.system_static = compiled.templates.fixed_system(&template_bot(bot), &cfg.name);
+        Compiled { matcher: self.matcher, rules: self.rules, templates: self.templates, timezone: self.timezone } =
+            compiled;
         self.context.resize(cfg.context.max_messages, cfg.context.max_age);
         self.pm_threads.resize(cfg.context.max_messages, cfg.context.max_age);
         let contextual_changed = cfg.triggers.contextual != self.cfg.triggers.contextual;
@@ -465,6 +498,10 @@ impl Channel {
                     user: msg.user.to_string(),
                     text: msg.text.to_string(),
                     addressed: trigger == Trigger::Mention,
+                    keyword: match trigger {
+                        Trigger::Keyword(k) => self.matcher.keyword_in(k, &msg.text),
+                        _ => None,
+                    },
                 },
             };
             match self.consider(env, ask) {
@@ -875,6 +912,10 @@ impl Channel {
             provider,
             messages: pending.messages.clone(),
             purpose: pending.purpose,
+            thread: match &pending.audience {
+                Audience::Pm(user) => Some(user.to_lowercase()),
+                Audience::Channel => None,
+            },
         }));
         self.requests.insert(id, pending);
     }
@@ -886,7 +927,16 @@ impl Channel {
             _ => Some(&self.context),
         };
         let facts = self.room.facts(env.now, &env.bot.name);
-        prompt::messages(&self.cfg.system_prompt, &env.bot.name, &self.cfg.name, conversation, &facts, p)
+        let wording = prompt::Wording {
+            templates: &self.templates,
+            system_static: self.system_static.as_deref(),
+            bot: env.bot,
+            channel: &self.cfg.name,
+            facts: &facts,
+            timezone: &self.timezone,
+            now: env.now,
+        };
+        prompt::messages(&wording, conversation, p)
     }
 
     // ------------------------------------------------------------------ LLM answers
@@ -1125,6 +1175,11 @@ impl Channel {
         }
         self.drop_queued(env, Reason::ChannelRemoved);
     }
+}
+
+/// `bot.*` of the templates.
+fn template_bot(bot: &BotConfig) -> template::BotVars {
+    prompt::bot_vars(bot)
 }
 
 /// Slack on top of a provider's worst case (timeouts, retries and their waits) before

@@ -435,8 +435,15 @@ pub struct ChannelConfig {
     pub name: String,
     /// Providers in fallback order.
     pub providers: Vec<String>,
-    /// The system prompt.
+    /// The system prompt: a template (from `system_prompt`, or the text of
+    /// `system_prompt_file`).
     pub system_prompt: String,
+    /// Where the system prompt came from, when it was a file (as written in the config).
+    pub system_prompt_file: Option<String>,
+    /// Per-trigger instruction templates (`None`: the built-in wording).
+    pub prompts: PromptsConfig,
+    /// IANA time zone of `now` and `date` in templates.
+    pub timezone: String,
     /// Context window.
     pub context: ContextConfig,
     /// When to speak.
@@ -453,6 +460,41 @@ pub struct ChannelConfig {
     pub penalty: PenaltyConfig,
     /// Token budget of the channel (0 = unlimited).
     pub budget: BudgetConfig,
+}
+
+/// `prompts:` the per-trigger instruction templates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PromptsConfig {
+    /// A mention.
+    pub mention: Option<String>,
+    /// A keyword.
+    pub keyword: Option<String>,
+    /// A PM.
+    pub pm: Option<String>,
+    /// A media change.
+    pub media_change: Option<String>,
+    /// A contextual reply (after a yes).
+    pub contextual: Option<String>,
+    /// The contextual yes/no question.
+    pub participation_check: Option<String>,
+}
+
+impl ChannelConfig {
+    /// Every template source, indexed by [`crate::template::Kind`].
+    pub fn template_sources(&self) -> [String; 7] {
+        use crate::template::Kind;
+        let p = &self.prompts;
+        let or = |t: &Option<String>, k: Kind| t.clone().unwrap_or_else(|| k.default_source().to_owned());
+        [
+            self.system_prompt.clone(),
+            or(&p.mention, Kind::Mention),
+            or(&p.keyword, Kind::Keyword),
+            or(&p.pm, Kind::Pm),
+            or(&p.media_change, Kind::MediaChange),
+            or(&p.contextual, Kind::Contextual),
+            or(&p.participation_check, Kind::ParticipationCheck),
+        ]
+    }
 }
 
 /// `loop_guard:`: after `max_exchanges` bot-like exchanges in a row with one account,

@@ -35,6 +35,7 @@ impl Layer for Probability {}
 impl Layer for MaxLength {}
 impl Layer for ProviderList {}
 impl Layer for String {}
+impl Layer for TimeZoneName {}
 impl Layer for bool {}
 impl Layer for NonZeroU32 {}
 impl Layer for NonZeroUsize {}
@@ -64,6 +65,9 @@ layered!(
         name: String,
         provider: ProviderList,
         system_prompt: String,
+        system_prompt_file: String,
+        prompts: RawPrompts,
+        timezone: TimeZoneName,
         context: RawContext,
         triggers: RawTriggers,
         limits: RawLimits,
@@ -72,6 +76,17 @@ layered!(
         loop_guard: RawLoopGuard,
         penalty: RawPenalty,
         budget: RawBudget,
+    }
+);
+layered!(
+    /// Per-trigger instruction templates; `null` keeps the built-in wording.
+    struct RawPrompts {
+        mention: String,
+        keyword: String,
+        pm: String,
+        media_change: String,
+        contextual: String,
+        participation_check: String,
     }
 );
 layered!(
@@ -177,6 +192,7 @@ pub(super) struct RawKeyword {
 pub(super) const BUILTIN_DEFAULTS: &str = r#"
 provider: main
 system_prompt: "You are a friendly regular in this chat room. Reply in one short line."
+timezone: UTC
 context: { max_messages: 50, max_age: 30m }
 triggers:
   mention: { enabled: true, probability: 1.0, cooldown: 0s }

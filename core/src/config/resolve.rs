@@ -9,9 +9,20 @@ use super::locate::Locator;
 use super::raw::*;
 use super::*;
 
+/// Reads a file a config names (`system_prompt_file`), by the path as written; the
+/// caller resolves it (relative to the config file). Core does no I/O itself.
+pub type ReadFile<'a> = &'a dyn Fn(&str) -> std::io::Result<String>;
+
 impl Config {
     /// Parses and validates YAML text. `origin` names the text in errors (the file path).
+    /// A config naming a `system_prompt_file` needs [`Config::parse_with`].
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let none = |_: &str| Err(std::io::Error::other("no file can be read here: load the config from a file"));
+        Config::parse_with(text, origin, &none)
+    }
+
+    /// [`Config::parse`], reading the files the config names with `read`.
+    pub fn parse_with(text: &str, origin: &str, read: ReadFile) -> Result<Config, ConfigError> {
         let at = Locator { text, origin };
         let raw: RawConfig =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| at.yaml(e))?;
@@ -35,7 +46,7 @@ impl Config {
                 message: "at least one channel is required".into(),
             });
         }
-        let defaults = raw.defaults.over(builtin);
+        let defaults = prepare_prompts(raw.defaults, "defaults", &at, read)?.over(builtin);
         let mut seen = BTreeSet::new();
         let mut names: Vec<String> = vec![raw.bot.name.clone()];
         let mut channels = Vec::with_capacity(raw.channels.len());
@@ -60,6 +71,7 @@ impl Config {
                 ));
             }
             names.push(name.clone());
+            let ch = prepare_prompts(ch, &path, &at, read)?;
             let merged = ch.over(defaults.clone());
             channels.push(resolve_channel(name, merged, &path, &llm, &at)?);
         }
@@ -170,6 +182,91 @@ fn resolve_llm(raw: RawLlm, at: &Locator) -> Result<LlmConfig, ConfigError> {
     Ok(LlmConfig { providers, fallback_responses: raw.fallback_responses, budget: raw.budget })
 }
 
+/// Checks one layer's templates (each where it is written: this layer's keys, or its
+/// `system_prompt_file`) and reads its `system_prompt_file` into `system_prompt`.
+fn prepare_prompts(mut raw: RawChannel, path: &str, at: &Locator, read: ReadFile) -> Result<RawChannel, ConfigError> {
+    use crate::template::check;
+    if let Some(file) = raw.system_prompt_file.clone() {
+        if raw.system_prompt.is_some() {
+            return Err(at.key(
+                &format!("{path}.system_prompt_file"),
+                "system_prompt_file",
+                &file,
+                0,
+                "set system_prompt or system_prompt_file, not both",
+            ));
+        }
+        let text = read(&file).map_err(|e| {
+            at.key(
+                &format!("{path}.system_prompt_file"),
+                "system_prompt_file",
+                &file,
+                0,
+                &format!("cannot read `{file}`: {e}"),
+            )
+        })?;
+        if let Err(e) = check(&text) {
+            return Err(ConfigError::Invalid {
+                file: file.clone(),
+                line: e.line.unwrap_or(1),
+                column: 1,
+                path: format!("{path}.system_prompt_file"),
+                message: e.message,
+            });
+        }
+        raw.system_prompt = Some(text);
+    } else if let Some(text) = &raw.system_prompt {
+        check(text).map_err(|e| template_error(at, &format!("{path}.system_prompt"), "system_prompt", text, e))?;
+    }
+    if let Some(p) = &raw.prompts {
+        let all = [
+            ("mention", &p.mention),
+            ("keyword", &p.keyword),
+            ("pm", &p.pm),
+            ("media_change", &p.media_change),
+            ("contextual", &p.contextual),
+            ("participation_check", &p.participation_check),
+        ];
+        for (key, text) in all {
+            if let Some(text) = text {
+                let full = format!("{path}.prompts.{key}");
+                check(text).map_err(|e| template_error(at, &full, key, text, e))?;
+            }
+        }
+    }
+    Ok(raw)
+}
+
+/// A template error at its place in the YAML: the line of `key:` whose value holds the
+/// template (inline or as a block scalar), moved down to the template's own line.
+fn template_error(at: &Locator, path: &str, key: &str, text: &str, e: crate::template::TemplateError) -> ConfigError {
+    let snippet: String = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().chars().take(24).collect();
+    let lines: Vec<&str> = at.text.lines().collect();
+    let found = lines.iter().enumerate().find_map(|(i, line)| {
+        let col = line.find(&format!("{key}:"))?;
+        let rest = line[col + key.len() + 1..].trim();
+        let quoted = |l: &str| l.contains(&snippet) || l.contains(&snippet.replace('"', "\\\""));
+        if quoted(rest) {
+            Some((i, col, 0))
+        } else if rest.starts_with(['|', '>']) && lines.get(i + 1).is_some_and(|l| quoted(l)) {
+            Some((i, col, 1))
+        } else {
+            None
+        }
+    });
+    let message = format!("template: {}", e.message);
+    match found {
+        Some((i, col, block)) => ConfigError::Invalid {
+            file: at.origin.into(),
+            line: i + 1 + block + e.line.unwrap_or(1).saturating_sub(1),
+            column: col + 1,
+            path: path.into(),
+            message,
+        },
+        None => ConfigError::Unlocated { file: at.origin.into(), path: path.into(), message },
+    }
+}
+
 /// Takes a field that the built-in defaults always provide.
 fn need<T>(v: Option<T>, path: &str, origin: &str) -> Result<T, ConfigError> {
     v.ok_or_else(|| ConfigError::Unlocated {
@@ -236,6 +333,19 @@ fn resolve_channel(
         name,
         providers,
         system_prompt: need(raw.system_prompt, &format!("{path}.system_prompt"), o)?,
+        system_prompt_file: raw.system_prompt_file,
+        prompts: raw
+            .prompts
+            .map(|p| PromptsConfig {
+                mention: p.mention,
+                keyword: p.keyword,
+                pm: p.pm,
+                media_change: p.media_change,
+                contextual: p.contextual,
+                participation_check: p.participation_check,
+            })
+            .unwrap_or_default(),
+        timezone: need(raw.timezone, &format!("{path}.timezone"), o)?.0,
         context: ContextConfig {
             max_messages: need(ctx.max_messages, &format!("{path}.context.max_messages"), o)?.get(),
             max_age: need(ctx.max_age, &format!("{path}.context.max_age"), o)?.0,

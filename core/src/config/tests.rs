@@ -161,3 +161,38 @@ fn provider_keys_for_the_field_parse_and_secrets_in_headers_are_refused() {
     let e = err("bot: { name: B }\nllm:\n  providers:\n    main: { base_url: 'https://x.test/v1?api-version=1', model: m }\nchannels: [ { name: c } ]\n");
     assert!(e.contains("extra_query"), "{e}");
 }
+
+#[test]
+fn templates_are_checked_where_they_are_written() {
+    let yaml =
+        format!("{MINIMAL}defaults:\n  prompts:\n    mention: \"[{{{{ user }}}} asks] {{{{ media.tittle }}}}\"\n");
+    let e = err(&yaml);
+    assert!(e.starts_with("bot.yaml:9:5: defaults.prompts.mention: template: unknown variable `media.tittle`"), "{e}");
+    let yaml = format!(
+        "{MINIMAL}    system_prompt: |\n      You are {{{{ bot.name }}}}.\n      {{% if user %}}never closed\n"
+    );
+    let e = err(&yaml);
+    assert!(e.starts_with("bot.yaml:9:"), "the template's second line, below the key: {e}");
+    assert!(e.contains("channels[0].system_prompt: template: syntax error"), "{e}");
+    let yaml = format!("{MINIMAL}    timezone: Mars/Olympus\n");
+    assert!(err(&yaml).contains("unknown time zone `Mars/Olympus`"), "{}", err(&yaml));
+}
+
+#[test]
+fn a_system_prompt_file_is_read_through_the_callers_reader_and_checked_with_its_own_lines() {
+    let yaml = format!("{MINIMAL}    system_prompt_file: persona.j2\n    timezone: Europe/Paris\n");
+    let read = |p: &str| match p {
+        "persona.j2" => Ok("Tu es {{ bot.name }}.\nIl est {{ now }}.\n".to_owned()),
+        _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "not found")),
+    };
+    let c = Config::parse_with(&yaml, "bot.yaml", &read).unwrap();
+    assert_eq!(c.channels[0].system_prompt, "Tu es {{ bot.name }}.\nIl est {{ now }}.\n");
+    assert_eq!(c.channels[0].timezone, "Europe/Paris");
+    let bad = |_: &str| Ok("line one\n{{ nobody }}\n".to_owned());
+    let e = Config::parse_with(&yaml, "bot.yaml", &bad).unwrap_err().to_string();
+    assert!(e.starts_with("persona.j2:2:1: channels[0].system_prompt_file: unknown variable `nobody`"), "{e}");
+    let e = err(&yaml);
+    assert!(e.contains("cannot read `persona.j2`"), "{e}");
+    let both = format!("{MINIMAL}    system_prompt_file: persona.j2\n    system_prompt: hi\n");
+    assert!(Config::parse_with(&both, "bot.yaml", &read).unwrap_err().to_string().contains("not both"));
+}

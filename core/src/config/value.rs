@@ -177,6 +177,22 @@ impl<'de> Deserialize<'de> for Rank {
     }
 }
 
+/// An IANA time zone name (`UTC`, `Europe/Paris`), known to the bundled tz database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TimeZoneName(pub(super) String);
+
+impl<'de> Deserialize<'de> for TimeZoneName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        jiff::tz::db().get(s.trim()).map_err(|_| {
+            de::Error::custom(format!(
+                "unknown time zone `{s}`: use an IANA name such as UTC, Europe/Paris, America/New_York"
+            ))
+        })?;
+        Ok(TimeZoneName(s.trim().to_owned()))
+    }
+}
+
 /// A lease TTL: at least 1 s (renewals go out every third of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct LeaseTtl(pub(super) Duration);
