@@ -2,6 +2,7 @@
 //! the `chatbot-*` crates.
 
 mod check;
+mod prompt;
 mod replay;
 
 use std::path::PathBuf;
@@ -87,6 +88,28 @@ enum Command {
         /// Replay again under this second config and show both side by side.
         #[arg(long, value_name = "FILE")]
         compare: Option<PathBuf>,
+        /// With `--format json`: include every LLM request's messages.
+        #[arg(long)]
+        prompts: bool,
+    },
+    /// Print the exact messages a request would send (what the model sees).
+    Prompt {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The channel.
+        #[arg(long, value_name = "NAME")]
+        channel: String,
+        /// mention (default), keyword, pm, media_change, contextual or participation_check.
+        #[arg(long, value_name = "KIND")]
+        trigger: Option<String>,
+        /// Replay this corpus first (the room, the context), up to `--at`.
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<PathBuf>,
+        /// The corpus line (1-based) to answer: the lines before it are replayed, and a
+        /// chat line or PM there is the line answered.
+        #[arg(long, value_name = "N", requires = "corpus")]
+        at: Option<usize>,
     },
 }
 
@@ -170,8 +193,18 @@ fn dispatch(command: Command) -> Result<(), CliError> {
             eprintln!("recorded {} events to {} ({} non-JSON skipped)", stats.written, output.display(), stats.skipped);
             Ok(())
         }
-        Command::Replay { corpus, config, seed, llm, faults, format, output, compare } => {
-            replay::run(&ReplayArgs { corpus, config, seed, llm, faults, format, output, compare })
+        Command::Replay { corpus, config, seed, llm, faults, format, output, compare, prompts } => {
+            replay::run(&ReplayArgs { corpus, config, seed, llm, faults, format, output, compare, prompts })
+        }
+        Command::Prompt { config, channel, trigger, corpus, at } => {
+            let cfg = chatbot_runtime::load_config(&config)?;
+            let trigger = trigger
+                .as_deref()
+                .map(prompt::kind)
+                .transpose()
+                .map_err(|message| CliError::Option { option: "--trigger".into(), message })?;
+            print!("{}", prompt::run(prompt::PromptArgs { config: cfg, channel, trigger, corpus, at })?);
+            Ok(())
         }
         Command::Check { config, explain } => {
             let cfg = chatbot_runtime::load_config(&config)?;

@@ -31,6 +31,7 @@ pub struct ReplayArgs {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub compare: Option<PathBuf>,
+    pub prompts: bool,
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, CliError> {
@@ -92,6 +93,7 @@ fn replay_one(args: &ReplayArgs, config: Config) -> Result<Report, CliError> {
         llm: responder(&args.llm, &config)?,
         faults: plan.filter(|p| !p.is_none()).map(|p| Faults::new(p, args.seed)),
         llm_label: args.llm.clone(),
+        prompts: args.prompts,
     };
     // Progress only for runs long enough to wonder about, and only on a terminal.
     let started = Instant::now();

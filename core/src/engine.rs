@@ -231,6 +231,21 @@ impl Engine {
         self.slot_of(channel).and_then(|s| self.channels.get(&s)).map(|c| c.recent_decisions(n)).unwrap_or_default()
     }
 
+    /// The messages a request of `kind` in `channel` would send now (answering `line`,
+    /// user and text, when given), built exactly as a real request's; nothing changes.
+    /// `None` for an unknown channel.
+    pub fn preview_prompt(
+        &mut self,
+        channel: &str,
+        kind: crate::template::Kind,
+        line: Option<(&str, &str)>,
+    ) -> Option<Vec<crate::contract::PromptMessage>> {
+        let slot = self.slot_of(channel)?;
+        let ch = self.channels.get(&slot)?;
+        let env = env!(self);
+        Some(ch.preview(&env, kind, line))
+    }
+
     /// Whether `channel` is muted.
     pub fn is_muted(&self, channel: &str) -> bool {
         self.slot_of(channel).and_then(|s| self.channels.get(&s)).is_some_and(|c| c.is_muted(self.now))

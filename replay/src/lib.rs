@@ -62,12 +62,15 @@ pub struct Options {
     pub faults: Option<Faults>,
     /// A label for the LLM in the report (`offline`, `script:FILE`, `http`).
     pub llm_label: String,
+    /// Keep every request's messages in the report (`--prompts`).
+    pub prompts: bool,
 }
 
 /// Replays `reader` under `config`. `progress` is called now and then with the number
 /// of events done, so a CLI can show progress on long corpora.
 pub fn replay(reader: impl BufRead, config: Config, opts: Options, mut progress: impl FnMut(u64)) -> Report {
     let mut report = Report::new(&config, opts.seed, &opts.llm_label);
+    report.keep_prompts = opts.prompts;
     let mut sim: Option<Sim> = None;
     let (mut llm, mut faults) = (Some(opts.llm), opts.faults);
     let mut last_at: Option<Millis> = None;
@@ -130,7 +133,7 @@ impl Report {
                     self.decision(d);
                 }
                 TraceItem::Effect(Effect::Publish(cmd)) => self.published(t.at, cmd),
-                TraceItem::Effect(Effect::CallLlm(call)) => self.called(call),
+                TraceItem::Effect(Effect::CallLlm(call)) => self.called(t.at, call),
                 TraceItem::Answered { id, provider, result } => self.answered(*id, provider, result),
                 TraceItem::Effect(Effect::Moderation(r)) => self.moderated(r),
                 TraceItem::Effect(

@@ -38,6 +38,14 @@ pub struct Report {
     pub channels: Vec<ChannelReport>,
     /// Every decision record, in the daemon's log shape.
     pub decisions: Vec<Decision>,
+    /// With `--prompts`: every LLM request's messages, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<PromptRecord>,
+    #[serde(skip)]
+    pub(crate) keep_prompts: bool,
+    /// The previous request of each conversation (channel, PM thread).
+    #[serde(skip)]
+    last_prompt: HashMap<(String, Option<String>), Vec<chatbot_core::PromptMessage>>,
     #[serde(skip)]
     causes: HashMap<String, String>,
     #[serde(skip)]
@@ -51,6 +59,28 @@ pub struct Report {
 fn ms<S: serde::Serializer>(m: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(m.0)
 }
+
+/// One LLM request as sent (`replay --format json --prompts`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptRecord {
+    /// Virtual time (epoch ms).
+    #[serde(serialize_with = "ms")]
+    pub at: Millis,
+    /// Channel.
+    pub channel: String,
+    /// The request id (`slot-seq`).
+    pub request: String,
+    /// `reply` or `participation_check`.
+    pub purpose: &'static str,
+    /// The PM conversation it continues, if any.
+    pub thread: Option<String>,
+    /// The messages: `{role, content}`.
+    pub messages: Vec<serde_json::Value>,
+}
+
+/// OpenAI caches prompts of at least this many tokens, in steps of [`CACHE_STEP`].
+const CACHE_MIN_TOKENS: u64 = 1024;
+const CACHE_STEP: u64 = 128;
 
 /// One channel's figures.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -93,6 +123,19 @@ pub struct ChannelReport {
     pub cost: f64,
     /// Tokens per hour of corpus time.
     pub tokens_per_hour: f64,
+    /// Median share of a request (by characters) that repeats the start of the previous
+    /// request of the same conversation: what a provider's prompt cache can reuse.
+    pub prefix_reuse: Option<f64>,
+    /// The same by tokens, from the cached tokens providers reported (none offline).
+    pub prefix_reuse_tokens: Option<f64>,
+    /// What prompt caching saves at the providers' `cached_input` price (estimated from
+    /// the shared prefixes, by OpenAI's rule: prompts of 1,024 tokens or more, cached in
+    /// steps of 128 tokens).
+    pub cache_savings: f64,
+    #[serde(skip)]
+    shares: Vec<f64>,
+    #[serde(skip)]
+    token_shares: Vec<f64>,
     /// Every message sent.
     pub replies: Vec<ReplyLine>,
     /// Moderators' chat commands and what each changed.
@@ -123,6 +166,12 @@ pub struct ReplyLine {
     pub fallback: bool,
 }
 
+/// The median, to two decimals; `None` for no values.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).map(|m| (m * 100.0).round() / 100.0)
+}
+
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     *map.entry(key.to_owned()).or_default() += 1;
 }
@@ -143,6 +192,9 @@ impl Report {
                 .map(|c| ChannelReport { name: c.name.clone(), ..ChannelReport::default() })
                 .collect(),
             decisions: Vec::new(),
+            prompts: Vec::new(),
+            keep_prompts: false,
+            last_prompt: HashMap::new(),
             causes: HashMap::new(),
             cause_order: Default::default(),
             calls: HashMap::new(),
@@ -226,14 +278,43 @@ impl Report {
         ch.replies.push(ReplyLine { at, trigger: String::new(), kind, to, text, cause, fallback: false });
     }
 
-    pub(crate) fn called(&mut self, call: &LlmCall) {
+    pub(crate) fn called(&mut self, at: Millis, call: &LlmCall) {
         let input: u64 = call.messages.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
         self.calls.insert(call.id, (call.channel.clone(), input));
+        let purpose = match call.purpose {
+            Purpose::Reply => "reply",
+            Purpose::ParticipationCheck => "participation_check",
+        };
+        if self.keep_prompts {
+            self.prompts.push(PromptRecord {
+                at,
+                channel: call.channel.clone(),
+                request: call.id.to_string(),
+                purpose,
+                thread: call.thread.clone(),
+                messages: call
+                    .messages
+                    .iter()
+                    .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
+                    .collect(),
+            });
+        }
+        let key = (call.channel.to_ascii_lowercase(), call.thread.clone());
+        let reuse = self
+            .last_prompt
+            .insert(key, call.messages.clone())
+            .map(|prev| chatbot_core::budget::prefix_reuse(&prev, &call.messages));
+        let price = self.prices.get(&call.provider).copied().unwrap_or_default();
         if let Some(ch) = self.channel_mut(&call.channel) {
-            let purpose = match call.purpose {
-                Purpose::Reply => "reply",
-                Purpose::ParticipationCheck => "participation_check",
-            };
+            if let Some((common, total)) = reuse {
+                ch.shares.push(common as f64 / total.max(1) as f64);
+                let prefix_tokens = (common as u64).div_ceil(4);
+                if input >= CACHE_MIN_TOKENS {
+                    let cached = prefix_tokens / CACHE_STEP * CACHE_STEP;
+                    let discount = price.input - price.cached_input.unwrap_or(price.input);
+                    ch.cache_savings += cached as f64 * discount / 1e6;
+                }
+            }
             bump(&mut ch.llm_calls, purpose);
         }
     }
@@ -252,6 +333,9 @@ impl Report {
                 ch.input_tokens += usage.input_tokens;
                 ch.output_tokens += usage.output_tokens;
                 ch.cached_input_tokens += usage.cached_input_tokens;
+                if usage.cached_input_tokens > 0 {
+                    ch.token_shares.push(usage.cached_input_tokens as f64 / usage.input_tokens.max(1) as f64);
+                }
                 ch.cost += price.cost(&usage);
                 "ok"
             }
@@ -277,6 +361,9 @@ impl Report {
             ch.said_per_hour = (ch.said as f64 / hours * 10.0).round() / 10.0;
             ch.tokens_per_hour = ((ch.input_tokens + ch.output_tokens) as f64 / hours).round();
             ch.cost = (ch.cost * 1e6).round() / 1e6;
+            ch.cache_savings = (ch.cache_savings * 1e6).round() / 1e6;
+            ch.prefix_reuse = median(&mut ch.shares);
+            ch.prefix_reuse_tokens = median(&mut ch.token_shares);
             let mut users: Vec<(String, u64)> = std::mem::take(&mut ch.user_fires).into_iter().collect();
             users.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             users.truncate(5);

@@ -93,6 +93,14 @@ fn channel(out: &mut String, ch: &ChannelReport) {
             ch.cost
         ),
     );
+    if let Some(reuse) = ch.prefix_reuse {
+        let tokens = ch.prefix_reuse_tokens.map_or(String::new(), |t| format!(", {t:.2} by cached tokens"));
+        row(
+            out,
+            "prompt cache",
+            format!("prefix reuse {reuse:.2} (median, by characters{tokens}) · caching saves ~{:.4}", ch.cache_savings),
+        );
+    }
     let users: Vec<String> = ch.top_users.iter().map(|(u, n)| format!("{u} {n}")).collect();
     row(out, "top users", if users.is_empty() { "-".into() } else { users.join(" · ") });
     if !ch.commands.is_empty() {

@@ -22,7 +22,13 @@ fn config_for(corpus: &str) -> Config {
 }
 
 fn run_with(corpus: &str, config: Config, seed: u64) -> Report {
-    let opts = Options { seed, llm: Box::new(Offline::new(&config.bot)), faults: None, llm_label: "offline".into() };
+    let opts = Options {
+        seed,
+        llm: Box::new(Offline::new(&config.bot)),
+        faults: None,
+        llm_label: "offline".into(),
+        prompts: false,
+    };
     replay(BufReader::new(corpus.as_bytes()), config, opts, |_| {})
 }
 
@@ -189,6 +195,7 @@ channels: [ { name: lounge } ]
         llm: Box::new(script),
         faults: Some(Faults::new(FaultPlan::parse("jitter=1s").unwrap(), 1)),
         llm_label: "script:outage".into(),
+        prompts: false,
     };
     let report = replay(BufReader::new(corpus.as_bytes()), config, opts, |_| {});
     insta::assert_snapshot!("outage_loop_and_spam_on_the_demo_corpus", report.to_text());

@@ -920,6 +920,46 @@ impl Channel {
         self.requests.insert(id, pending);
     }
 
+    /// The messages a request of `kind` would send now, answering `line` (user, text)
+    /// when given, which is remembered first as the real line would be. Changes nothing.
+    pub fn preview(&self, env: &Env, kind: template::Kind, line: Option<(&str, &str)>) -> Vec<PromptMessage> {
+        let mut ch = self.clone();
+        let (user, text) = line.unwrap_or(("viewer", ""));
+        let msg = Message { user: user.into(), text: text.into(), time: Some(env.now), shadow: false, action: false };
+        let chat = |addressed: bool, keyword: Option<String>| Prompt::Chat {
+            user: user.to_owned(),
+            text: text.to_owned(),
+            addressed,
+            keyword,
+        };
+        let p = match kind {
+            template::Kind::Mention | template::Kind::System => chat(true, None),
+            template::Kind::Keyword => {
+                let group = ch.matcher.keywords(text).next();
+                let word = group.and_then(|g| ch.matcher.keyword_in(g, text));
+                chat(false, word.or_else(|| ch.cfg.triggers.keywords.first().and_then(|k| k.words.first().cloned())))
+            }
+            template::Kind::Pm => Prompt::Pm { user: user.to_owned(), text: text.to_owned() },
+            template::Kind::MediaChange => {
+                Prompt::Media(ch.room.playing().map_or_else(|| "an example video".to_owned(), |(_, t)| t.to_owned()))
+            }
+            template::Kind::Contextual => Prompt::Contextual,
+            template::Kind::ParticipationCheck => Prompt::ParticipationCheck,
+        };
+        match (&p, line) {
+            (Prompt::Pm { .. }, Some(_)) => {
+                let now = env.now;
+                ch.pm_thread(now, &user.to_lowercase()).push(Self::line(now, &msg, false));
+            }
+            (Prompt::Chat { .. }, Some(_)) => {
+                ch.context.expire(env.now);
+                ch.context.push(Self::line(env.now, &msg, false));
+            }
+            _ => {}
+        }
+        ch.prompt(env, &p)
+    }
+
     /// The messages for a request.
     fn prompt(&self, env: &Env, p: &Prompt) -> Vec<PromptMessage> {
         let conversation = match p {

@@ -58,7 +58,8 @@ impl Playing {
             title: Arc::from(cut(&m.title)),
             seconds: m.seconds,
             position: m.current_time,
-            paused: m.paused,
+            // A new item comes paused at -3 s: CyTube's lead-in, after which it plays.
+            paused: m.paused && m.current_time > 0.0,
             at,
         }
     }
@@ -228,12 +229,9 @@ impl Room {
         let older = |at: Option<Millis>| at.is_none_or(|t| t < s.read_at);
         if let Some((body, written)) = &s.current {
             if let Some(m) = event::media(body).filter(|_| older(self.playing_at)) {
+                // Written when the item started: a new item's lead-in has been playing
+                // since, as far as anyone knows.
                 let mut p = Playing::of(&m, *written);
-                // Written when the item started: a new item's lead-in (paused at -3 s)
-                // has been playing since, as far as anyone knows.
-                if p.paused && p.position <= 0.0 {
-                    p.paused = false;
-                }
                 p.at = p.at.min(now);
                 self.playing = Some(p);
                 self.current_uid = m.uid.or(self.current_uid);
