@@ -538,7 +538,7 @@ async fn handle(
         None if instruction.starts_with('[') => content(1).unwrap_or("").to_owned(),
         None => instruction.to_owned(),
     };
-    requests.lock().unwrap().push((body.clone(), auth));
+    requests.lock().unwrap().push((body, auth));
     // Benchmarks mark lines with a token (`tok…`) and look for it in the reply: answer
     // with the token whatever the prompt's shape.
     let token = line

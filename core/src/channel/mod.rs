@@ -220,7 +220,7 @@ impl Channel {
         let seen = Seen::new(fmix64(seed ^ key_of(("seen", cfg.name.to_ascii_lowercase()))));
         let ch = Channel {
             slot,
-            system_static: compiled.templates.fixed_system(&template_bot(bot), &cfg.name),
+            system_static: compiled.templates.fixed_system(&prompt::bot_vars(bot), &cfg.name),
             matcher: compiled.matcher,
             rules: compiled.rules,
             templates: compiled.templates,
@@ -263,7 +263,7 @@ impl Channel {
         now: Millis,
         timers: &mut Timers,
     ) {
-        self.system_static = compiled.templates.fixed_system(&template_bot(bot), &cfg.name);
+        self.system_static = compiled.templates.fixed_system(&prompt::bot_vars(bot), &cfg.name);
         Compiled { matcher: self.matcher, rules: self.rules, templates: self.templates, timezone: self.timezone } =
             compiled;
         self.context.resize(cfg.context.max_messages, cfg.context.max_age);
@@ -689,15 +689,21 @@ impl Channel {
                 notice: true,
                 reason: None,
             };
-            for dropped in self.outbox.push(o, env.outbound_queue) {
-                self.drop_outgoing(env, dropped, Reason::QueueFull);
-            }
+            self.queue(env, o);
         }
         self.flush(env);
     }
 
+    /// Queues a message for its send slot; the oldest beyond `nats.outbound_queue` are
+    /// dropped (`queue_full`).
+    fn queue(&mut self, env: &mut Env, o: Outgoing) {
+        for dropped in self.outbox.push(o, env.outbound_queue) {
+            self.drop_outgoing(env, dropped, Reason::QueueFull);
+        }
+    }
+
     /// `status`: muted or not, the providers, replies in the last hour, budget left.
-    fn status_lines(&mut self, env: &Env) -> Vec<String> {
+    fn status_lines(&self, env: &Env) -> Vec<String> {
         let now = env.now;
         let state = match self.mute {
             Some(Some(t)) if now < t => format!("muted for {} more", moderation::short(t.since(now))),
@@ -1096,9 +1102,7 @@ impl Channel {
                 notice: false,
                 reason,
             };
-            for dropped in self.outbox.push(o, env.outbound_queue) {
-                self.drop_outgoing(env, dropped, Reason::QueueFull);
-            }
+            self.queue(env, o);
         }
     }
 
@@ -1215,11 +1219,6 @@ impl Channel {
         }
         self.drop_queued(env, Reason::ChannelRemoved);
     }
-}
-
-/// `bot.*` of the templates.
-fn template_bot(bot: &BotConfig) -> template::BotVars {
-    prompt::bot_vars(bot)
 }
 
 /// Slack on top of a provider's worst case (timeouts, retries and their waits) before

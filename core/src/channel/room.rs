@@ -146,7 +146,7 @@ impl Room {
             }
             Event::SetCurrent(uid) => self.current_uid = Some(*uid),
             Event::Playlist(items) => {
-                self.playlist = items.iter().take(MAX_PLAYLIST).map(|i| (i.uid, Arc::from(cut(&i.title)))).collect();
+                self.set_playlist(items);
                 self.playlist_at = Some(now);
             }
             Event::Queue { item, after } => self.queue(item, *after),
@@ -183,6 +183,10 @@ impl Room {
             _ => return false,
         }
         true
+    }
+
+    fn set_playlist(&mut self, items: &[PlaylistItem]) {
+        self.playlist = items.iter().take(MAX_PLAYLIST).map(|i| (i.uid, Arc::from(cut(&i.title)))).collect();
     }
 
     fn queue(&mut self, item: &PlaylistItem, after: After) {
@@ -238,7 +242,7 @@ impl Room {
             }
         }
         if let Some(items) = s.items.as_deref().and_then(event::playlist).filter(|_| older(self.playlist_at)) {
-            self.playlist = items.iter().take(MAX_PLAYLIST).map(|i| (i.uid, Arc::from(cut(&i.title)))).collect();
+            self.set_playlist(&items);
         }
         if let Some(users) = s.users.as_deref().and_then(event::users).filter(|_| older(self.userlist_at)) {
             let fresh = |p: &Person| p.touched >= s.read_at;
