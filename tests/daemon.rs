@@ -37,7 +37,7 @@ async fn a_mention_produces_exactly_one_say_with_the_reply() {
     assert_eq!(body["model"], "test-model");
     let messages = body["messages"].as_array().unwrap();
     assert_eq!(messages[messages.len() - 2]["content"], "alice: hey KrytenBot");
-    assert_eq!(messages.last().unwrap()["content"], "[alice is talking to you; answer their last line]");
+    assert_eq!(messages.last().unwrap()["content"], "[alice is talking to you; reply to them]");
     // Ordinary chat and the bot's own echo produce nothing.
     publish_event(&client, "lounge", "chatMsg", chat("lounge", "bob", "nice weather", "c-2")).await;
     publish_event(&client, "lounge", "chatMsg", chat("lounge", "KrytenBot", "Hello kryten!", "c-3")).await;

@@ -86,7 +86,7 @@ impl Kind {
     pub fn default_source(self) -> &'static str {
         match self {
             Kind::System => "You are a friendly regular in this chat room. Reply in one short line.",
-            Kind::Mention => "[{{ user }} is talking to you; answer their last line]",
+            Kind::Mention => "[{{ user }} is talking to you; reply to them]",
             Kind::Keyword => "[react to {{ user }}'s last line if you have something to add]",
             Kind::Pm => "[private message from {{ user }}; answer their last line privately]",
             Kind::MediaChange => "[The video changed to: {{ media.title }}] Say something short about it.",

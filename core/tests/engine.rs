@@ -45,7 +45,7 @@ fn prompt_is_system_then_context_with_speakers_and_own_lines_as_assistant() {
     // The line answered stays where it was said (a stable prefix), and the instruction
     // names it last.
     assert_eq!(call.messages[3].content, "bob: kryten, tea?");
-    assert_eq!(call.messages[4].content, "[bob is talking to you; answer their last line]");
+    assert_eq!(call.messages[4].content, "[bob is talking to you; reply to them]");
 }
 
 #[test]

@@ -19,9 +19,18 @@ fn config(persona: &str) -> Config {
     Config::parse(&yaml, "prefix.yaml").unwrap()
 }
 
-/// A deterministic session: `lines` chat lines from 10 users, every `every`-th one a
-/// mention; every call answered in 1 s and its line echoed. Returns every request.
-fn session(persona: &str, lines: usize, every: usize, seed: u64) -> Vec<Vec<PromptMessage>> {
+/// How often a line mentions the bot.
+#[derive(Debug, Clone, Copy)]
+enum Every {
+    /// Every n-th line.
+    Exactly(usize),
+    /// Each line with probability 1/n.
+    About(usize),
+}
+
+/// A deterministic session: `lines` chat lines from 10 users, some of them mentions;
+/// every call answered in 1 s and its line echoed. Returns every request.
+fn session(persona: &str, lines: usize, every: Every, seed: u64) -> Vec<Vec<PromptMessage>> {
     let mut engine = Engine::new(config(persona), seed, Millis(T0));
     let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = || {
@@ -56,7 +65,11 @@ fn session(persona: &str, lines: usize, every: usize, seed: u64) -> Vec<Vec<Prom
         let user = format!("user{}", next() % 10);
         let n = 3 + (next() % 10) as usize;
         let mut text: Vec<&str> = (0..n).map(|_| words[(next() % words.len() as u64) as usize]).collect();
-        if i % every == every - 1 {
+        let mention = match every {
+            Every::Exactly(n) => i % n == n - 1,
+            Every::About(n) => next() % n as u64 == 0,
+        };
+        if mention {
             text.insert(0, "kryten,");
         }
         id += 1;
@@ -103,15 +116,33 @@ const PERSONA_1000: &str = "You are KrytenBot, a long-time regular of this movie
     you do not repeat yourself. Keep it light, keep it short, and let the humans do most of the talking. If a moderator asks you to \
     stop, you stop.";
 
+const PLAIN: &str = "You are a friendly regular in this chat room. Reply in one short line.";
+
 #[test]
 fn consecutive_requests_share_most_of_their_prompt() {
-    let plain =
-        median_reuse(&session("You are a friendly regular in this chat room. Reply in one short line.", 150, 10, 5));
-    let persona = median_reuse(&session(PERSONA_1000, 150, 10, 5));
-    eprintln!("median prefix reuse: {plain:.2} (one-line persona), {persona:.2} (~1,000-character persona)");
+    // One session with a mention exactly every 10 lines.
+    let plain = median_reuse(&session(PLAIN, 150, Every::Exactly(10), 5));
+    let persona = median_reuse(&session(PERSONA_1000, 150, Every::Exactly(10), 5));
+    eprintln!("median prefix reuse: {plain:.3} (one-line persona), {persona:.3} (~1,000-character persona)");
     // The goals were 0.70 and 0.80; one-by-one forgetting gave 0.08 and 0.29 here.
     assert!(plain >= 0.70, "{plain}");
     assert!(persona >= 0.78, "{persona}");
+}
+
+#[test]
+fn a_typical_session_meets_the_goals() {
+    // 200 sessions with a mention every ~10 lines (each line one with probability 1/10):
+    // the median session's median reuse.
+    let typical = |persona: &str| {
+        let mut medians: Vec<f64> =
+            (0..200).map(|seed| median_reuse(&session(persona, 150, Every::About(10), seed))).collect();
+        medians.sort_by(f64::total_cmp);
+        medians[medians.len() / 2]
+    };
+    let (plain, persona) = (typical(PLAIN), typical(PERSONA_1000));
+    eprintln!("typical session's median prefix reuse: {plain:.3} (one-line persona), {persona:.3} (~1,000 characters)");
+    assert!(plain >= 0.70, "{plain}");
+    assert!(persona >= 0.80, "{persona}");
 }
 
 /// The lines of a request's conversation: everything between the system prompt and the
@@ -125,19 +156,22 @@ proptest! {
 
     /// Each request's conversation continues the previous one's: it starts with it (the
     /// prefix never shrinks), except right after the window forgot a whole chunk of its
-    /// oldest lines (30 of 50), never one line at a time.
+    /// oldest lines (30 of 50, or all the previous request had), never one line at a
+    /// time.
     #[test]
     fn the_prefix_never_shrinks_except_by_a_forgotten_chunk(
         lines_n in 20usize..220,
         every in 3usize..15,
+        exact in any::<bool>(),
         seed in 0u64..1_000,
     ) {
+        let every = if exact { Every::Exactly(every) } else { Every::About(every) };
         let requests = session("You are a regular.", lines_n, every, seed);
         for pair in requests.windows(2) {
             let (prev, cur) = (lines(&pair[0]), lines(&pair[1]));
             let forgotten = (0..=prev.len()).find(|&k| cur.starts_with(&prev[k..])).unwrap();
             prop_assert!(
-                forgotten == 0 || forgotten >= 30,
+                forgotten == 0 || forgotten >= 30 || forgotten == prev.len(),
                 "{} lines forgotten between two requests ({} then {})", forgotten, prev.len(), cur.len()
             );
             prop_assert!(cur.len() <= 50, "the window holds at most max_messages lines");

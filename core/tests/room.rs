@@ -46,7 +46,7 @@ fn what_is_playing_and_who_is_here_reach_the_prompt() {
     assert!(last.contains("Up next: \"PSY - GANGNAM STYLE\""), "{last}");
     assert!(last.contains("3 here, including carol, alice, bob. Moderators: carol."), "{last}");
     // The facts come after the chat lines, next to the instruction, in the last message.
-    assert!(last.ends_with("\n[alice is talking to you; answer their last line]"), "{last}");
+    assert!(last.ends_with("\n[alice is talking to you; reply to them]"), "{last}");
     let call = bot.last_call();
     assert!(call.messages[..call.messages.len() - 1].iter().all(|m| !m.content.contains("Rick Astley")));
 }
