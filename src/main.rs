@@ -2,6 +2,7 @@
 //! the `chatbot-*` crates.
 
 mod check;
+mod diff;
 mod prompt;
 mod replay;
 
@@ -39,6 +40,9 @@ enum Command {
         /// Log level or filter (RUST_LOG wins when set). Chat text appears only at debug.
         #[arg(long, default_value = "info", value_name = "LEVEL")]
         log_level: String,
+        /// The engine's seed (overrides the config's `seed`; default: random, logged at start).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
     },
     /// Validate a configuration file and print a short summary (exit 0), or the error (exit 1).
     Check {
@@ -69,13 +73,15 @@ enum Command {
         /// Configuration to replay under (default: built-in defaults, channels from the corpus).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Seed of the engine's random choices (probabilities) and of injected faults.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Seed of the engine's random choices (probabilities) and of injected faults
+        /// (default: the recorded bot's, else 0).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
         /// LLM: `offline` (deterministic, built in), `script:FILE` (canned replies and faults) or
-        /// `http` (the config's real providers; keys from the environment).
-        #[arg(long, default_value = "offline", value_name = "LLM")]
-        llm: String,
+        /// `http` (the config's real providers; keys from the environment). Default: a
+        /// recording's own answers (what the live bot's LLM said), else `offline`.
+        #[arg(long, value_name = "LLM")]
+        llm: Option<String>,
         /// Inject LLM faults, e.g. `timeout=0.05,error=0.02,empty=0.01,jitter=2s`.
         #[arg(long, value_name = "SPEC")]
         faults: Option<String>,
@@ -110,6 +116,17 @@ enum Command {
         /// chat line or PM there is the line answered.
         #[arg(long, value_name = "N", requires = "corpus")]
         at: Option<usize>,
+    },
+    /// Compare the daemon's decisions (`run --log-format json` output) with a replay's
+    /// (`replay --format json`), event by event; exit 1 when some differ.
+    Diff {
+        /// The live decisions: the daemon's JSON log (or a replay report).
+        live: PathBuf,
+        /// The replay's: a `replay --format json` report (or a JSON log).
+        replay: PathBuf,
+        /// How many differing events to list.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        show: usize,
     },
 }
 
@@ -168,7 +185,18 @@ pub enum CliError {
 }
 
 fn main() -> ExitCode {
-    match dispatch(Cli::parse().command) {
+    let command = Cli::parse().command;
+    if let Command::Diff { live, replay, show } = &command {
+        return match diff::run(live, replay, *show) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match dispatch(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -179,23 +207,30 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Run { config, log_format, log_level } => {
+        Command::Run { config, log_format, log_level, seed } => {
             let format = match log_format {
                 LogFormatArg::Human => chatbot_runtime::LogFormat::Human,
                 LogFormatArg::Json => chatbot_runtime::LogFormat::Json,
             };
             chatbot_runtime::init_logging(format, &log_level);
-            Ok(tokio_runtime()?.block_on(chatbot_runtime::run(config))?)
+            Ok(tokio_runtime()?.block_on(chatbot_runtime::run(config, seed))?)
         }
         Command::Record { config, output, duration } => {
             chatbot_runtime::init_logging(chatbot_runtime::LogFormat::Human, "info");
             let stats = tokio_runtime()?.block_on(chatbot_runtime::record::record(&config, &output, duration))?;
-            eprintln!("recorded {} events to {} ({} non-JSON skipped)", stats.written, output.display(), stats.skipped);
+            eprintln!(
+                "recorded {} events and {} of the bot's sessions and commands to {} ({} non-JSON skipped)",
+                stats.written,
+                stats.notes,
+                output.display(),
+                stats.skipped
+            );
             Ok(())
         }
         Command::Replay { corpus, config, seed, llm, faults, format, output, compare, prompts } => {
             replay::run(&ReplayArgs { corpus, config, seed, llm, faults, format, output, compare, prompts })
         }
+        Command::Diff { .. } => unreachable!("handled in main"),
         Command::Prompt { config, channel, trigger, corpus, at } => {
             let cfg = chatbot_runtime::load_config(&config)?;
             let trigger = trigger

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chatbot_core::Config;
 use chatbot_replay::{Compare, Options, Report};
+use chatbot_sim::recording::{Recorded, Recording};
 use chatbot_sim::{FaultPlan, Faults, Offline, Responder, Script};
 use clap::ValueEnum;
 
@@ -25,8 +26,8 @@ pub enum Format {
 pub struct ReplayArgs {
     pub corpus: PathBuf,
     pub config: Option<PathBuf>,
-    pub seed: u64,
-    pub llm: String,
+    pub seed: Option<u64>,
+    pub llm: Option<String>,
     pub faults: Option<String>,
     pub format: Format,
     pub output: Option<PathBuf>,
@@ -82,18 +83,29 @@ impl Responder for HttpResponder {
 }
 
 fn replay_one(args: &ReplayArgs, config: Config) -> Result<Report, CliError> {
+    // A recording with the bot's side replays it: its seed, its start, its LLM's answers.
+    let recording = Some(Recording::scan(open(&args.corpus)?)).filter(|r| !r.is_empty());
+    let recorded_seed = recording.as_ref().and_then(|r| r.sessions.first()).map(|s| s.seed);
+    let seed = args.seed.or(recorded_seed).unwrap_or(0);
     let plan = args
         .faults
         .as_deref()
         .map(FaultPlan::parse)
         .transpose()
         .map_err(|message| CliError::Option { option: "--faults".into(), message })?;
+    let (llm, llm_label): (Box<dyn Responder>, String) = match (&args.llm, &recording) {
+        (Some(spec), _) => (responder(spec, &config)?, spec.clone()),
+        (None, Some(rec)) => (Box::new(Recorded::new(rec, Box::new(Offline::new(&config.bot)))), "recorded".into()),
+        (None, None) => (responder("offline", &config)?, "offline".into()),
+    };
     let opts = Options {
-        seed: args.seed,
-        llm: responder(&args.llm, &config)?,
-        faults: plan.filter(|p| !p.is_none()).map(|p| Faults::new(p, args.seed)),
-        llm_label: args.llm.clone(),
+        seed,
+        llm,
+        faults: plan.filter(|p| !p.is_none()).map(|p| Faults::new(p, seed)),
+        llm_label,
         prompts: args.prompts,
+        recorded_seed: args.seed.is_none() && recorded_seed.is_some(),
+        recording,
     };
     // Progress only for runs long enough to wonder about, and only on a terminal.
     let started = Instant::now();

@@ -254,6 +254,11 @@ pub struct LlmCall {
     pub purpose: Purpose,
     /// The PM conversation it continues (lower-cased user); `None` for the channel's.
     pub thread: Option<String>,
+    /// The trigger it answers.
+    pub trigger: Trigger,
+    /// Correlation id of the event that caused it, when there was one (a recorded
+    /// session's reply to that event answers it in replay).
+    pub correlation_id: Option<String>,
 }
 
 /// Why an LLM request is made.
@@ -305,6 +310,19 @@ pub struct Command {
     pub kind: CommandKind,
     /// Correlation id of the event that caused it, when there was one.
     pub correlation_id: Option<String>,
+    /// What caused it: the trigger, and for an LLM's reply how long the LLM took
+    /// (engine time from the first request to the answer). The daemon puts both in the
+    /// command's `meta`, so a recording can replay the reply as it came.
+    pub cause: Option<Cause>,
+}
+
+/// Why a command was sent (see [`Command::cause`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cause {
+    /// The trigger.
+    pub trigger: Trigger,
+    /// The LLM's latency for a reply it wrote; `None` for a fallback or a notice.
+    pub llm_ms: Option<u64>,
 }
 
 /// `say` or `pm`.

@@ -42,8 +42,8 @@ pub mod trigger;
 pub use channel::{ChannelStats, ChannelStatus};
 pub use config::{Config, ConfigError};
 pub use contract::{
-    Command, CommandKind, Control, Decision, Effect, Input, LlmCall, LlmError, LlmReply, ModerationRecord, Outcome,
-    PromptMessage, Purpose, Reason, RequestId, Role, RoomSnapshot, Usage,
+    Cause, Command, CommandKind, Control, Decision, Effect, Input, LlmCall, LlmError, LlmReply, ModerationRecord,
+    Outcome, PromptMessage, Purpose, Reason, RequestId, Role, RoomSnapshot, Usage,
 };
 pub use engine::Engine;
 pub use lease::{LeaseEvent, LeaseOp, LeaseStats, LimitSnapshot};

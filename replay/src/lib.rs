@@ -6,6 +6,7 @@
 //! memory does not grow with the corpus beyond the report itself.
 
 mod html;
+pub mod live;
 mod report;
 mod text;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use chatbot_core::event::{self, Event};
 use chatbot_core::{Config, ConfigError, Effect, Input, Millis, Outcome};
 use chatbot_sim::corpus::{self, BadLine};
+use chatbot_sim::recording::{self, Item, Note, Recording};
 use chatbot_sim::{Faults, Responder, Sim, TraceItem, Traced};
 
 pub use report::{ChannelReport, Compare, ReplyLine, Report};
@@ -64,6 +66,13 @@ pub struct Options {
     pub llm_label: String,
     /// Keep every request's messages in the report (`--prompts`).
     pub prompts: bool,
+    /// The live bot's side of a recording (read ahead with [`Recording::scan`]): the
+    /// engine starts at its first session, restarts with each later one, and the report
+    /// compares the replay with what the live bot did. `llm` should answer from it
+    /// ([`chatbot_sim::recording::Recorded`]) to reproduce the session.
+    pub recording: Option<Recording>,
+    /// The seed is the recording's own (shown in the comparison).
+    pub recorded_seed: bool,
 }
 
 /// Replays `reader` under `config`. `progress` is called now and then with the number
@@ -71,12 +80,37 @@ pub struct Options {
 pub fn replay(reader: impl BufRead, config: Config, opts: Options, mut progress: impl FnMut(u64)) -> Report {
     let mut report = Report::new(&config, opts.seed, &opts.llm_label);
     report.keep_prompts = opts.prompts;
+    report.live_on = opts.recording.is_some();
     let mut sim: Option<Sim> = None;
     let (mut llm, mut faults) = (Some(opts.llm), opts.faults);
+    let sessions = opts.recording.as_ref().map_or(&[][..], |r| &r.sessions[..]);
+    // A recording with the bot's sessions: the engine starts when the live one did.
+    let mut session = 0;
+    if let Some(first) = sessions.first() {
+        report.start = first.start;
+        let llm = llm.take().expect("the LLM is handed over once");
+        sim = Some(Sim::new(config.clone(), opts.seed, first.start, llm, faults.take()));
+    }
     let mut last_at: Option<Millis> = None;
-    for (n, item) in corpus::read(reader).enumerate() {
+    for (n, item) in recording::read(reader).enumerate() {
         let ev = match item {
-            Ok(ev) => ev,
+            Ok(Item::Event(ev)) => ev,
+            Ok(Item::Note(_, Note::Session { seed, start, .. })) => {
+                // The live bot restarted: so does the replay's engine (a new seed unless
+                // --seed fixed one), from a clean state as the daemon's was.
+                let next = sessions.get(session + 1);
+                if let (Some(next), Some(sim)) = (next, sim.as_mut()) {
+                    if next.seed == seed && next.start == start {
+                        session += 1;
+                        let seed = if opts.recorded_seed { seed } else { opts.seed };
+                        let trace = sim.take_trace();
+                        report.absorb(&trace, None);
+                        sim.restart(config.clone(), seed, start);
+                    }
+                }
+                continue;
+            }
+            Ok(Item::Note(..)) => continue,
             Err(BadLine { line, error }) => {
                 report.bad_lines.push(format!("line {line}: {error}"));
                 continue;
@@ -84,6 +118,11 @@ pub fn replay(reader: impl BufRead, config: Config, opts: Options, mut progress:
         };
         // The envelope's timestamp drives the clock; a line without one happens "now".
         let at = ev.at.or(last_at).unwrap_or(Millis::ZERO);
+        if sessions.first().is_some_and(|s| at < s.start) {
+            // Before the live bot started: it never saw this event.
+            report.before_start += 1;
+            continue;
+        }
         let sim = sim.get_or_insert_with(|| {
             report.start = at;
             let llm = llm.take().expect("the LLM is handed over once");
@@ -99,15 +138,28 @@ pub fn replay(reader: impl BufRead, config: Config, opts: Options, mut progress:
             progress(report.events);
         }
     }
+    let mut provenance = None;
     if let Some(sim) = sim.as_mut() {
         sim.finish(Duration::from_secs(60));
         let trace = sim.take_trace();
         report.absorb(&trace, None);
         report.end = sim.now();
         report.set_event_counts(sim.engine().stats(), sim.engine().unrouted());
+        provenance = sim.llm().provenance();
     }
     progress(report.events);
     report.finalise();
+    if let Some(rec) = &opts.recording {
+        report.live = Some(live::compare(
+            &config,
+            rec,
+            &report.decisions,
+            &report.sent_by_event,
+            &report.causes,
+            provenance.unwrap_or_default(),
+            opts.recorded_seed,
+        ));
+    }
     report
 }
 
@@ -118,7 +170,7 @@ impl Report {
         for t in trace {
             match &t.what {
                 TraceItem::Effect(Effect::Decision(d)) => {
-                    if d.outcome == Outcome::Fired {
+                    if d.outcome == Outcome::Fired || (self.live_on && d.trigger.is_some()) {
                         if let (Some(body), Some(cid)) = (current, d.correlation_id.as_deref()) {
                             if let Ok(env) = event::parse(body, None) {
                                 let text = match env.event {

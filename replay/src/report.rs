@@ -38,6 +38,17 @@ pub struct Report {
     pub channels: Vec<ChannelReport>,
     /// Every decision record, in the daemon's log shape.
     pub decisions: Vec<Decision>,
+    /// A recording's events before the live bot started (not replayed).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub before_start: u64,
+    /// A recording replayed: how the replay compares with what the live bot did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveComparison>,
+    #[serde(skip)]
+    pub(crate) live_on: bool,
+    /// What was sent for each event (a recording's comparison lists it).
+    #[serde(skip)]
+    pub(crate) sent_by_event: HashMap<String, String>,
     /// With `--prompts`: every LLM request's messages, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<PromptRecord>,
@@ -47,13 +58,17 @@ pub struct Report {
     #[serde(skip)]
     last_prompt: HashMap<(String, Option<String>), Vec<chatbot_core::PromptMessage>>,
     #[serde(skip)]
-    causes: HashMap<String, String>,
+    pub(crate) causes: HashMap<String, String>,
     #[serde(skip)]
     cause_order: std::collections::VecDeque<String>,
     #[serde(skip)]
     calls: HashMap<RequestId, (String, u64)>,
     #[serde(skip)]
     prices: BTreeMap<String, chatbot_core::config::Price>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn ms<S: serde::Serializer>(m: &Millis, s: S) -> Result<S::Ok, S::Error> {
@@ -192,6 +207,10 @@ impl Report {
                 .map(|c| ChannelReport { name: c.name.clone(), ..ChannelReport::default() })
                 .collect(),
             decisions: Vec::new(),
+            before_start: 0,
+            live: None,
+            live_on: false,
+            sent_by_event: HashMap::new(),
             prompts: Vec::new(),
             keep_prompts: false,
             last_prompt: HashMap::new(),
@@ -262,6 +281,13 @@ impl Report {
     pub(crate) fn published(&mut self, at: Millis, cmd: &chatbot_core::Command) {
         let minute = self.minute(at);
         let cause = cmd.correlation_id.as_ref().and_then(|c| self.causes.get(c).cloned());
+        if let (true, Some(cid)) = (self.live_on, &cmd.correlation_id) {
+            let text = self.sent_by_event.entry(cid.clone()).or_default();
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(cmd.kind.text());
+        }
         // The Sent decision right after this publish carries trigger and reason.
         let Some(ch) = self.channel_mut(&cmd.channel) else { return };
         let (kind, to, text) = match &cmd.kind {

@@ -35,6 +35,53 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
+fn tally(t: &crate::live::Tally) -> String {
+    format!("{:.1} % ({} of {})", t.share() * 100.0, t.agree, t.events)
+}
+
+/// How the replay compares with the recorded live session, and what changed.
+fn live_section(out: &mut String, live: &crate::live::LiveComparison, before_start: u64) {
+    let _ = writeln!(
+        out,
+        "live session: {} bot session(s), seed {}; LLM answers {} recorded, {} invented",
+        live.sessions,
+        if live.recorded_seed { "as recorded" } else { "from --seed" },
+        live.answers.recorded,
+        live.answers.invented
+    );
+    if before_start > 0 {
+        let _ = writeln!(out, "  {before_start} events before the bot started, not replayed");
+    }
+    row(out, "agreement", tally(&live.events));
+    row(out, "deterministic", tally(&live.deterministic));
+    row(out, "probabilistic", tally(&live.probabilistic));
+    for (ch, (was, now)) in &live.contextual {
+        if was + now > 0 {
+            row(out, "contextual", format!("{ch}: {was} live, {now} in replay"));
+        }
+    }
+    if !live.changes.is_empty() {
+        let _ = writeln!(out, "  changed ({}):", live.changes.len() as u64 + live.more_changes);
+        for c in &live.changes {
+            let who = c.line.as_deref().or(c.user.as_deref()).unwrap_or(&c.correlation_id);
+            let _ = writeln!(
+                out,
+                "    {} {} {} [{}] \"{}\"\n      live: {}\n      now:  {}",
+                clock(Millis(c.at)),
+                c.channel,
+                c.correlation_id,
+                c.trigger.as_deref().unwrap_or("-"),
+                one_line(who, 80),
+                one_line(&c.live, 100),
+                one_line(&c.replay, 100)
+            );
+        }
+        if live.more_changes > 0 {
+            let _ = writeln!(out, "    … and {} more (all in --format json)", live.more_changes);
+        }
+    }
+}
+
 impl Report {
     /// The report as aligned text.
     pub fn to_text(&self) -> String {
@@ -51,6 +98,9 @@ impl Report {
         );
         if self.unrouted > 0 {
             let _ = writeln!(out, "events for unconfigured channels or unparseable: {}", self.unrouted);
+        }
+        if let Some(live) = &self.live {
+            live_section(&mut out, live, self.before_start);
         }
         if !self.bad_lines.is_empty() {
             let _ = writeln!(out, "bad lines skipped: {}", self.bad_lines.len());

@@ -28,6 +28,8 @@ fn run_with(corpus: &str, config: Config, seed: u64) -> Report {
         faults: None,
         llm_label: "offline".into(),
         prompts: false,
+        recording: None,
+        recorded_seed: false,
     };
     replay(BufReader::new(corpus.as_bytes()), config, opts, |_| {})
 }
@@ -196,6 +198,8 @@ channels: [ { name: lounge } ]
         faults: Some(Faults::new(FaultPlan::parse("jitter=1s").unwrap(), 1)),
         llm_label: "script:outage".into(),
         prompts: false,
+        recording: None,
+        recorded_seed: false,
     };
     let report = replay(BufReader::new(corpus.as_bytes()), config, opts, |_| {});
     insta::assert_snapshot!("outage_loop_and_spam_on_the_demo_corpus", report.to_text());

@@ -192,6 +192,8 @@ fn hostname() -> String {
 /// Everything the loop owns: the engine and the state of executing its effects.
 struct Daemon {
     engine: Engine,
+    /// This run's session: the engine's seed and start (logged, announced, on /health).
+    session: kryten::Session,
     config_path: PathBuf,
     clock: Clock,
     started: Instant,
@@ -230,6 +232,7 @@ impl Daemon {
             hostname: &self.hostname,
             http_port: self.http_port,
             instance: config.ha.enabled.then_some(config.ha.instance.as_str()),
+            session: Some(self.session),
         }
     }
 
@@ -548,6 +551,7 @@ impl Daemon {
         self.shared.metrics.nats_connected.set(i64::from(self.connected));
         self.shared.metrics.channels.set(channels.len() as i64);
         self.shared.update_health(|h| {
+            h.session = Some(self.session);
             h.channels = channels;
             h.nats_connected = self.connected;
             h.reconnects = self.reconnects;
@@ -635,7 +639,9 @@ fn request_id(salt: u64, seq: u64) -> String {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Errors are start-up failures.
-pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
+/// Runs the daemon until SIGTERM/SIGINT. `seed` (from `run --seed`) overrides the
+/// config's `seed`; without either, a random one.
+pub async fn run(config_path: PathBuf, seed: Option<u64>) -> Result<(), StartError> {
     let started = Instant::now();
     let clock = Clock::new();
     let mut config = load_config(&config_path)?;
@@ -688,9 +694,13 @@ pub async fn run(config_path: PathBuf) -> Result<(), StartError> {
 
     let (llm_tx, mut llm_rx) = mpsc::unbounded_channel();
     let (room_tx, mut room_rx) = mpsc::unbounded_channel();
-    let seed = RandomState::new().hash_one(clock.now().0);
+    // A random seed stays below 2^53, so that every JSON reader (jq too) shows it exactly.
+    let seed = seed.or(config.seed).unwrap_or_else(|| RandomState::new().hash_one(clock.now().0) & ((1 << 53) - 1));
+    let session = kryten::Session { seed, start: clock.now() };
+    tracing::info!(seed, start = %session.start.to_rfc3339(), "engine seed (replay a recording of this run with it)");
     let mut d = Daemon {
-        engine: Engine::new(config, seed, clock.now()),
+        engine: Engine::new(config, seed, session.start),
+        session,
         config_path,
         clock,
         started,

@@ -43,6 +43,8 @@ pub struct HealthState {
     pub spend: (u64, u64),
     /// Leases (`ha`): figures and who speaks for each channel.
     pub ha: Option<Value>,
+    /// The engine's seed and start.
+    pub session: Option<crate::kryten::Session>,
 }
 
 /// One provider's recent record.
@@ -143,6 +145,10 @@ fn document(h: &HealthState) -> Value {
     });
     if let Some(ha) = &h.ha {
         doc["ha"] = ha.clone();
+    }
+    if let Some(s) = h.session {
+        doc["seed"] = json!(s.seed);
+        doc["session_start"] = json!(s.start.to_rfc3339());
     }
     doc
 }

@@ -35,15 +35,17 @@ pub fn command_message(
     now: Millis,
     request_id: &str,
 ) -> (String, Vec<u8>) {
-    let body = match scheme {
+    let mut body = match scheme {
         CommandScheme::Robot => {
-            let meta = json!({
+            let mut meta = json!({
                 "source": service,
                 "timestamp": now.to_rfc3339(),
                 "domain": domain,
                 "channel": cmd.channel,
                 "request_id": request_id,
             });
+            // What caused it, for `record` (the robot reads only `domain` and `channel`).
+            cause_fields(&mut meta, cmd);
             let (command, args) = match &cmd.kind {
                 CommandKind::Say { text } => ("say", json!({ "message": text })),
                 CommandKind::Pm { to, text } => ("pm", json!({ "to": to, "msg": text })),
@@ -58,7 +60,24 @@ pub fn command_message(
             CommandKind::Pm { to, text } => json!({"action": "pm", "data": {"to": to, "message": text}}),
         },
     };
+    // Legacy: `data` becomes the emit's arguments, so the cause goes beside it (kryten-py
+    // 0.4-0.9 sent `correlation_id` there too; the robot ignores it).
+    cause_fields(&mut body, cmd);
     (format!("kryten.commands.cytube.{}.chat", normalize_token(&cmd.channel)), body.to_string().into_bytes())
+}
+
+/// `correlation_id` (the event answered), `trigger` and `llm_ms` (the LLM's latency)
+/// of a command, added to `v` when known.
+fn cause_fields(v: &mut Value, cmd: &Command) {
+    if let Some(cid) = &cmd.correlation_id {
+        v["correlation_id"] = json!(cid);
+    }
+    if let Some(cause) = cmd.cause {
+        v["trigger"] = json!(cause.trigger.label());
+        if let Some(ms) = cause.llm_ms {
+            v["llm_ms"] = json!(ms);
+        }
+    }
 }
 
 /// Identity fields every lifecycle message carries (kryten-py `lifecycle_events.py`).
@@ -73,6 +92,17 @@ pub struct Identity<'a> {
     pub http_port: u16,
     /// The instance id when `ha` is on (in `metadata.instance`).
     pub instance: Option<&'a str>,
+    /// The engine's seed and start (in `metadata.seed`, `metadata.session_start`).
+    pub session: Option<Session>,
+}
+
+/// One run of the engine: what a recording needs to replay it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// The engine's seed.
+    pub seed: u64,
+    /// When the engine started (chat older than this is backlog).
+    pub start: Millis,
 }
 
 /// `kryten.lifecycle.{service}.{kind}` and its body.
@@ -94,7 +124,68 @@ pub fn lifecycle(id: &Identity, kind: &str, now: Millis, uptime_s: f64, reason: 
     if let Some(i) = id.instance {
         body["metadata"]["instance"] = json!(i);
     }
+    if let Some(session) = id.session {
+        body["metadata"]["seed"] = json!(session.seed);
+        body["metadata"]["session_start"] = json!(session.start.to_rfc3339());
+    }
     (format!("kryten.lifecycle.{}.{kind}", id.service), body.to_string().into_bytes())
+}
+
+/// A command of ours seen on the wire, as a recording note: `service`'s robot commands
+/// (`meta.source`) for one of `channels`, or a legacy command on a channel subject.
+/// `received` dates a command without `meta.timestamp`.
+pub fn command_note(
+    subject: &str,
+    body: &[u8],
+    service: &str,
+    channels: &[String],
+    received: Millis,
+) -> Option<chatbot_sim::recording::CommandNote> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (kind, args, cause, channel, at) = if subject == "kryten.robot.command" {
+        let meta = v.get("meta")?;
+        if meta.get("source").and_then(Value::as_str) != Some(service) {
+            return None;
+        }
+        let channel = str_of(meta, "channel")?;
+        let at = meta.get("timestamp").and_then(Value::as_str).and_then(Millis::parse_rfc3339).unwrap_or(received);
+        (str_of(&v, "command")?, v.get("args")?, meta, channel, at)
+    } else {
+        let token = subject.strip_prefix("kryten.commands.cytube.")?.split('.').next()?;
+        let channel = channels.iter().find(|c| normalize_token(c) == token)?.clone();
+        let kind = match v.get("action").and_then(Value::as_str)? {
+            "chat" => "say",
+            "pm" => "pm",
+            _ => return None,
+        };
+        (kind.to_owned(), v.get("data")?, &v, channel, received)
+    };
+    let channel = channels.iter().find(|c| c.eq_ignore_ascii_case(&channel))?.clone();
+    let text = str_of(args, "message").or_else(|| str_of(args, "msg"))?;
+    Some(chatbot_sim::recording::CommandNote {
+        at,
+        channel,
+        to: if kind == "pm" { str_of(args, "to") } else { None },
+        kind,
+        text,
+        correlation_id: str_of(cause, "correlation_id"),
+        trigger: str_of(cause, "trigger"),
+        llm_ms: cause.get("llm_ms").and_then(Value::as_u64),
+    })
+}
+
+/// Our lifecycle `startup` message as a recording note (it carries the engine's seed and
+/// start since the replay-fidelity work; older bots' do not, and give `None`).
+pub fn session_note(body: &[u8], received: Millis) -> Option<chatbot_sim::recording::Note> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let meta = v.get("metadata")?;
+    Some(chatbot_sim::recording::Note::Session {
+        at: received,
+        seed: meta.get("seed")?.as_u64()?,
+        start: Millis::parse_rfc3339(meta.get("session_start")?.as_str()?)?,
+        instance: meta.get("instance").and_then(Value::as_str).map(str::to_owned),
+    })
 }
 
 /// Another instance's lifecycle message as lease news (`ha`): startup and heartbeat say
@@ -230,7 +321,7 @@ mod tests {
     use super::*;
 
     fn cmd(kind: CommandKind) -> Command {
-        Command { channel: "Lounge".into(), kind, correlation_id: None }
+        Command { channel: "Lounge".into(), kind, correlation_id: None, cause: None }
     }
 
     #[test]
@@ -259,6 +350,46 @@ mod tests {
         assert_eq!(v["meta"]["request_id"], "r-1");
         assert_eq!(v["meta"]["source"], "llm");
         assert_eq!(v["meta"]["timestamp"], "2026-01-15T10:30:00.123000+00:00");
+        assert!(v["meta"].get("correlation_id").is_none(), "nothing caused it");
+
+        let mut reply = cmd(CommandKind::Say { text: "hi".into() });
+        reply.correlation_id = Some("ev-7".into());
+        reply.cause = Some(chatbot_core::Cause { trigger: chatbot_core::Trigger::Mention, llm_ms: Some(840) });
+        for scheme in [CommandScheme::Robot, CommandScheme::Legacy] {
+            let (_, body) = command_message(scheme, &reply, "d", "llm", Millis(0), "r-2");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let at = if matches!(scheme, CommandScheme::Robot) { &v["meta"] } else { &v };
+            assert_eq!(
+                (at["correlation_id"].as_str(), at["trigger"].as_str(), at["llm_ms"].as_u64()),
+                (Some("ev-7"), Some("mention"), Some(840))
+            );
+        }
+    }
+
+    #[test]
+    fn record_reads_our_commands_back_in_both_schemes_and_no_one_elses() {
+        let mut reply = cmd(CommandKind::Pm { to: "alice".into(), text: "psst".into() });
+        reply.correlation_id = Some("ev-9".into());
+        reply.cause = Some(chatbot_core::Cause { trigger: chatbot_core::Trigger::Pm, llm_ms: Some(12) });
+        let channels = ["lounge".to_string()];
+        let sent = Millis(1_768_473_000_500);
+        for scheme in [CommandScheme::Robot, CommandScheme::Legacy] {
+            let (subject, body) = command_message(scheme, &reply, "d", "llm", sent, "r-3");
+            let note = command_note(&subject, &body, "llm", &channels, Millis(1)).unwrap();
+            assert_eq!(
+                (note.channel.as_str(), note.kind.as_str(), note.to.as_deref(), note.text.as_str()),
+                ("lounge", "pm", Some("alice"), "psst")
+            );
+            assert_eq!(
+                (note.correlation_id.as_deref(), note.trigger.as_deref(), note.llm_ms),
+                (Some("ev-9"), Some("pm"), Some(12))
+            );
+            let expected_at = if matches!(scheme, CommandScheme::Robot) { sent } else { Millis(1) };
+            assert_eq!(note.at, expected_at, "meta.timestamp when there is one, else when it was seen");
+            assert!(command_note(&subject, &body, "other-bot", &["movies".to_string()], Millis(1)).is_none());
+        }
+        let (subject, body) = command_message(CommandScheme::Robot, &reply, "d", "another-service", sent, "r-4");
+        assert!(command_note(&subject, &body, "llm", &channels, Millis(1)).is_none(), "another service's command");
     }
 
     #[test]
@@ -294,12 +425,22 @@ mod tests {
 
     #[test]
     fn lifecycle_and_service_replies_have_kryten_py_shapes() {
-        let id = Identity { service: "llm", version: "0.1.0", hostname: "h", http_port: 8080, instance: None };
+        let session = Session { seed: 42, start: Millis(1_768_473_000_000) };
+        let id = Identity {
+            service: "llm",
+            version: "0.1.0",
+            hostname: "h",
+            http_port: 8080,
+            instance: None,
+            session: Some(session),
+        };
         let (subject, body) = lifecycle(&id, "shutdown", Millis(0), 1.5, Some("SIGTERM"));
         assert_eq!(subject, "kryten.lifecycle.llm.shutdown");
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!((v["service"].as_str(), v["reason"].as_str()), (Some("llm"), Some("SIGTERM")));
         assert_eq!(v["metadata"]["endpoints"]["health"]["port"], 8080);
+        assert_eq!(v["metadata"]["seed"], 42);
+        assert_eq!(v["metadata"]["session_start"], "2026-01-15T10:30:00.000000+00:00");
 
         let reply = |body: &[u8]| -> Value {
             serde_json::from_slice(&service_reply(

@@ -1,4 +1,8 @@
-//! `llm-chatbot record`: captures the configured channels' Kryten events into a corpus.
+//! `llm-chatbot record`: captures the configured channels' Kryten events into a corpus,
+//! and what the bot did: its sessions (seed and start, from its lifecycle `startup`
+//! announcements; a discovery poll at start makes a running bot repeat its own) and the
+//! commands it published, as notes (`//# {json}` lines older readers skip; see
+//! `chatbot_sim::recording`). Replay then reproduces the live session.
 //!
 //! Each NATS message body (a Kryten envelope) becomes one JSONL line, flushed as it is
 //! written, so stopping the recorder (Ctrl-C, SIGTERM, `--duration`) loses nothing it
@@ -12,6 +16,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::signal::unix::SignalKind;
 
+use chatbot_core::config::CommandScheme;
+use chatbot_sim::recording::Note;
+
 use crate::daemon::{handler, StartError};
 use crate::kryten;
 use crate::load_config;
@@ -23,6 +30,13 @@ pub struct Recorded {
     pub written: u64,
     /// Bodies skipped because they were not JSON.
     pub skipped: u64,
+    /// Notes written: the bot's sessions and commands.
+    pub notes: u64,
+}
+
+fn wall_clock() -> chatbot_core::Millis {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    chatbot_core::Millis(now.map_or(0, |d| d.as_millis() as u64))
 }
 
 /// Records until a signal or `duration`, appending to `output`.
@@ -46,14 +60,44 @@ pub async fn record(config_path: &Path, output: &Path, duration: Option<Duration
             .map_err(|e| StartError::Subscribe { subject, reason: e.to_string() })?;
         streams.push(sub);
     }
+    // The bot's side: its commands and its startup announcements.
+    let service = config.kryten.service_name.clone();
+    let channels: Vec<String> = config.channels.iter().map(|c| c.name.clone()).collect();
+    let mut own_subjects = vec![format!("kryten.lifecycle.{service}.startup")];
+    match config.nats.commands {
+        CommandScheme::Robot => own_subjects.push("kryten.robot.command".into()),
+        CommandScheme::Legacy => own_subjects
+            .extend(channels.iter().map(|c| format!("kryten.commands.cytube.{}.>", kryten::normalize_token(c)))),
+    }
+    let mut own = Vec::new();
+    for subject in own_subjects {
+        let sub = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| StartError::Subscribe { subject, reason: e.to_string() })?;
+        own.push(sub);
+    }
     let _ = client.flush().await;
     let mut all = futures_util::stream::select_all(streams);
+    let mut own = futures_util::stream::select_all(own);
     let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
     let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
     let started = Instant::now();
     let until = duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let mut stats = Recorded::default();
+    let write = |out: &mut std::io::BufWriter<std::fs::File>, line: &[u8]| {
+        out.write_all(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush())
+    };
+    let opening = Note::Recording { at: wall_clock(), service: service.clone() };
+    if let Err(e) = write(&mut out, opening.to_line().as_bytes()) {
+        return Err(StartError::Output { path: output.display().to_string(), reason: e.to_string() });
+    }
+    // A running bot answers a discovery poll with its startup announcement (its session).
+    let poll = serde_json::json!({"service": name, "timestamp": wall_clock().to_rfc3339()});
+    if let Err(e) = client.publish("kryten.service.discovery.poll", poll.to_string().into()).await {
+        tracing::warn!(error = %e, "cannot poll for the bot's session");
+    }
     tracing::info!(channels = config.channels.len(), output = %output.display(), "recording");
     loop {
         tokio::select! {
@@ -67,12 +111,25 @@ pub async fn record(config_path: &Path, output: &Path, duration: Option<Duration
                         continue;
                     }
                 };
-                let written = out.write_all(&line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
-                if let Err(e) = written {
+                if let Err(e) = write(&mut out, &line) {
                     tracing::error!(error = %e, "cannot write the corpus; stopping");
                     break;
                 }
                 stats.written += 1;
+            }
+            Some(msg) = own.next() => {
+                let now = wall_clock();
+                let note = if msg.subject.as_str().starts_with("kryten.lifecycle.") {
+                    kryten::session_note(&msg.payload, now)
+                } else {
+                    kryten::command_note(msg.subject.as_str(), &msg.payload, &service, &channels, now).map(Note::Command)
+                };
+                let Some(note) = note else { continue };
+                if let Err(e) = write(&mut out, note.to_line().as_bytes()) {
+                    tracing::error!(error = %e, "cannot write the corpus; stopping");
+                    break;
+                }
+                stats.notes += 1;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -82,6 +139,7 @@ pub async fn record(config_path: &Path, output: &Path, duration: Option<Duration
     tracing::info!(
         written = stats.written,
         skipped = stats.skipped,
+        notes = stats.notes,
         seconds = started.elapsed().as_secs(),
         "recording stopped"
     );

@@ -9,6 +9,7 @@
 pub mod corpus;
 pub mod ha;
 pub mod llm;
+pub mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -78,6 +79,22 @@ impl Sim {
             seq: 0,
             trace: Vec::new(),
         }
+    }
+
+    /// The bot restarted at `start` with `seed` (a recording's next session): a new
+    /// engine, nothing in flight; the LLM and the faults carry on.
+    pub fn restart(&mut self, mut config: Config, seed: u64, start: Millis) {
+        config.ha.enabled = false;
+        self.advance_to(start);
+        self.engine = Engine::new(config, seed, start);
+        self.answers.clear();
+        self.cancelled.clear();
+        self.now = self.now.max(start);
+    }
+
+    /// The LLM stand-in.
+    pub fn llm(&self) -> &dyn Responder {
+        self.llm.as_ref()
     }
 
     /// The current virtual time.
@@ -158,7 +175,7 @@ impl Sim {
         for effect in effects {
             match &effect {
                 Effect::CallLlm(call) => {
-                    let mut answer = self.llm.respond(call);
+                    let mut answer = self.llm.respond_at(call, self.now);
                     if let Some(f) = self.faults.as_mut() {
                         answer = f.apply(answer);
                     }

@@ -33,6 +33,18 @@ pub struct Answer {
 pub trait Responder {
     /// Answers one call. Called once per [`chatbot_core::Effect::CallLlm`], in order.
     fn respond(&mut self, call: &LlmCall) -> Answer;
+
+    /// Answers one call made at virtual time `now` (what the simulator calls).
+    fn respond_at(&mut self, call: &LlmCall, now: chatbot_core::Millis) -> Answer {
+        let _ = now;
+        self.respond(call)
+    }
+
+    /// For a responder replaying a recording: how many answers were recorded, and how
+    /// many invented.
+    fn provenance(&self) -> Option<crate::recording::Provenance> {
+        None
+    }
 }
 
 fn hash(x: impl Hash) -> u64 {
@@ -370,6 +382,8 @@ mod tests {
             ],
             purpose,
             thread: None,
+            trigger: chatbot_core::Trigger::Mention,
+            correlation_id: None,
         }
     }
 

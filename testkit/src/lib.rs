@@ -120,6 +120,8 @@ pub enum Behavior {
     Empty,
     /// Answer after this long.
     Slow(Duration, String),
+    /// The default (echo) answer, after this long.
+    SlowEcho(Duration),
 }
 
 /// An in-process OpenAI-compatible server.
@@ -550,12 +552,16 @@ async fn handle(
         Some(t) => format!("sure thing, here you go {t}"),
         None => format!("echo: {last}"),
     };
-    let behavior = script.lock().unwrap().pop_front().unwrap_or(Behavior::Reply(default));
+    let behavior = script.lock().unwrap().pop_front().unwrap_or_else(|| Behavior::Reply(default.clone()));
     let (status, text, retry_after) = match behavior {
         Behavior::Reply(t) => (200, completion(&t), None),
         Behavior::Slow(d, t) => {
             tokio::time::sleep(d).await;
             (200, completion(&t), None)
+        }
+        Behavior::SlowEcho(d) => {
+            tokio::time::sleep(d).await;
+            (200, completion(&default), None)
         }
         Behavior::Status(code, ra) => (code, "{\"error\":{\"message\":\"nope\"}}".to_string(), ra),
         Behavior::Malformed => (200, "<html>not json</html>".to_string(), None),

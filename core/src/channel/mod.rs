@@ -43,7 +43,7 @@ use crate::budget::{self, Ledger};
 use crate::config::{BotConfig, ChannelConfig, GlobalBudget, LlmConfig, ModerationConfig};
 use crate::context::{ChatLine, Context, PmThreads};
 use crate::contract::{
-    Command, CommandKind, Control, Decision, Effect, LlmCall, LlmError, LlmReply, ModerationRecord, Outcome,
+    Cause, Command, CommandKind, Control, Decision, Effect, LlmCall, LlmError, LlmReply, ModerationRecord, Outcome,
     PromptMessage, Purpose, Reason, RequestId,
 };
 use crate::event::{Event, Media, Message};
@@ -163,6 +163,8 @@ struct Pending {
     messages: Vec<PromptMessage>,
     /// Tokens reserved in the budgets while in flight.
     reserved: u64,
+    /// When the first request for it was made (fallback providers included).
+    asked_at: Millis,
 }
 
 #[derive(Clone)]
@@ -682,6 +684,7 @@ impl Channel {
                     channel: self.cfg.name.clone(),
                     kind: CommandKind::Pm { to: user.to_owned(), text },
                     correlation_id: cid.map(str::to_owned),
+                    cause: Some(Cause { trigger: Trigger::Command, llm_ms: None }),
                 },
                 trigger: Trigger::Command,
                 user: None,
@@ -796,6 +799,7 @@ impl Channel {
             provider_index: 0,
             messages,
             reserved: 0,
+            asked_at: env.now,
         };
         self.call(env, pending);
         Ok(())
@@ -922,6 +926,8 @@ impl Channel {
                 Audience::Pm(user) => Some(user.to_lowercase()),
                 Audience::Channel => None,
             },
+            trigger: pending.trigger,
+            correlation_id: pending.correlation_id.clone(),
         }));
         self.requests.insert(id, pending);
     }
@@ -1027,6 +1033,7 @@ impl Channel {
                         provider_index: 0,
                         messages,
                         reserved: 0,
+                        asked_at: env.now,
                     };
                     self.call(env, pending);
                 }
@@ -1095,6 +1102,11 @@ impl Channel {
                     channel: self.cfg.name.clone(),
                     kind,
                     correlation_id: pending.correlation_id.clone(),
+                    cause: Some(Cause {
+                        trigger: pending.trigger,
+                        llm_ms: (reason != Some(Reason::Fallback))
+                            .then(|| env.now.0.saturating_sub(pending.asked_at.0)),
+                    }),
                 },
                 trigger: pending.trigger,
                 user: pending.user.clone(),

@@ -93,6 +93,7 @@ mod tests {
                 channel: "lounge".into(),
                 kind: CommandKind::Say { text: text.into() },
                 correlation_id: None,
+                cause: None,
             },
             trigger: Trigger::Mention,
             user: None,

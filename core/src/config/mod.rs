@@ -148,6 +148,9 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// Run everything, the LLM included, but log commands instead of publishing them.
     pub dry_run: bool,
+    /// The engine's seed (probabilities, jitter); `None`: a random one at every start.
+    /// The daemon logs and announces the seed it uses, so a recording can replay it.
+    pub seed: Option<u64>,
     /// Several instances sharing the channels through leases.
     pub ha: HaConfig,
     /// Moderators steering the bot from chat (`!kryten mute 10m`).

@@ -239,6 +239,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) dry_run: bool,
     #[serde(default)]
+    pub(super) seed: Option<u64>,
+    #[serde(default)]
     pub(super) ha: RawHa,
     #[serde(default)]
     pub(super) moderation: RawModeration,

@@ -94,6 +94,7 @@ impl Config {
             llm,
             channels,
             dry_run: raw.dry_run,
+            seed: raw.seed,
             ha,
             moderation,
         };
