@@ -98,6 +98,11 @@ pub(crate) fn handler(kind: SignalKind, name: &'static str) -> Result<Signal, St
     signal(kind).map_err(|e| StartError::Signal { signal: name, reason: e.to_string() })
 }
 
+/// The system clock in epoch milliseconds.
+pub(crate) fn wall_clock() -> Millis {
+    Millis(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
 /// Epoch milliseconds from a monotonic clock anchored once at start.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -107,8 +112,7 @@ struct Clock {
 
 impl Clock {
     fn new() -> Clock {
-        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Clock { base_ms, base: Instant::now() }
+        Clock { base_ms: wall_clock().0, base: Instant::now() }
     }
 
     fn now(&self) -> Millis {

@@ -19,7 +19,7 @@ use tokio::signal::unix::SignalKind;
 use chatbot_core::config::CommandScheme;
 use chatbot_sim::recording::Note;
 
-use crate::daemon::{handler, StartError};
+use crate::daemon::{handler, wall_clock, StartError};
 use crate::kryten;
 use crate::load_config;
 
@@ -32,11 +32,6 @@ pub struct Recorded {
     pub skipped: u64,
     /// Notes written: the bot's sessions and commands.
     pub notes: u64,
-}
-
-fn wall_clock() -> chatbot_core::Millis {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    chatbot_core::Millis(now.map_or(0, |d| d.as_millis() as u64))
 }
 
 /// Records until a signal or `duration`, appending to `output`.
