@@ -1,6 +1,7 @@
 //! Several instances sharing channels through JetStream leases (`ha:`), against a real
-//! nats-server with JetStream (`-js`), checked at the NATS level: every mention is
-//! answered by exactly one instance, before and after instances stop or crash.
+//! nats-server with JetStream (`-js`) and a real 3-node cluster, checked at the NATS
+//! level: every mention is answered by exactly one instance, before and after instances
+//! stop or crash and cluster nodes die.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -12,8 +13,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_llm-chatbot");
 const TTL_S: u64 = 3;
 
 fn ha_bot(nats: &Nats, llm: &FakeLlm, channels: &[&str], instance: &str, defaults: &str) -> Bot {
+    ha_bot_at(&nats.url(), llm, channels, instance, defaults)
+}
+
+/// A bot with `ha` on, configured with the one NATS server `url` (on a cluster it learns
+/// the other nodes from the server).
+fn ha_bot_at(url: &str, llm: &FakeLlm, channels: &[&str], instance: &str, defaults: &str) -> Bot {
     let extra = format!("ha: {{ enabled: true, lease_ttl: {TTL_S}s, instance: {instance} }}\n");
-    let mut text = config(&nats.url(), &llm.base_url(), free_port(), channels, &extra);
+    let mut text = config(url, &llm.base_url(), free_port(), channels, &extra);
     let debug = [("RUST_LOG", "info,chatbot_runtime=debug")];
     if !defaults.is_empty() {
         text = text.replace("defaults:\n  limits: { global_cooldown: 0s, send_spacing: 0s, per_user: { max: 100, window: 1m }, per_channel: { max: 100, window: 1m } }\n", defaults);
@@ -269,4 +276,259 @@ async fn a_bucket_whose_keys_outlive_less_than_the_lease_is_refused() {
     assert_eq!(bot.wait_exit(Duration::from_secs(15)), Some(1));
     let logs = bot.logs();
     assert!(logs.contains("shorter than ha.lease_ttl"), "{logs}");
+}
+
+const BUCKET: &str = "llm_chatbot_leases";
+
+/// The server leading `stream` now (none during an election).
+async fn stream_leader(client: &async_nats::Client, stream: &str) -> Option<String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut s = tokio::time::timeout(Duration::from_secs(1), js.get_stream(stream)).await.ok()?.ok()?;
+    let info = tokio::time::timeout(Duration::from_secs(1), s.info()).await.ok()?.ok()?;
+    info.cluster.as_ref().and_then(|c| c.leader.clone())
+}
+
+/// Waits (bounded) until both buckets' streams have a leader and `replicas` current
+/// replicas (the leader included).
+async fn buckets_replicated(client: &async_nats::Client, replicas: usize, within: Duration) {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + within;
+    for stream in [format!("KV_{BUCKET}"), format!("KV_{BUCKET}_state")] {
+        loop {
+            let current = match js.get_stream(&stream).await {
+                Ok(mut s) => match s.info().await {
+                    Ok(info) => info.cluster.as_ref().map_or(0, |c| {
+                        usize::from(c.leader.is_some()) + c.replicas.iter().filter(|r| r.current && !r.offline).count()
+                    }),
+                    Err(_) => 0,
+                },
+                Err(_) => 0,
+            };
+            if current >= replicas {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{stream} did not get {replicas} current replicas within {within:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A bot's /health.
+async fn health(bot: &Bot) -> Value {
+    let (_, body) = http_get(bot.http_port, "/health").await;
+    serde_json::from_str(&body).expect("health is JSON")
+}
+
+/// Failed lease operations a bot counted (all kinds).
+async fn lease_failures(bot: &Bot) -> u64 {
+    let (_, metrics) = http_get(bot.http_port, "/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("llm_chatbot_ha_lease_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What a stretch of probing saw.
+#[derive(Debug, Default)]
+struct Probe {
+    /// Per channel: when (after the start) the first answered mention after the last
+    /// unanswered one was sent; missing if the channel never answered again.
+    recovered: BTreeMap<String, Duration>,
+    /// Per channel: the latest answered mention sent (after the start).
+    last_answer: BTreeMap<String, Duration>,
+    /// Mentions answered more than once.
+    doubles: Vec<String>,
+    /// Mentions sent, and answered.
+    sent: usize,
+    answered: usize,
+    /// Every distinct degraded reason the bots' /health gave meanwhile.
+    reasons: BTreeSet<String>,
+    /// Per round: when it was sent and how many channels answered it.
+    timeline: Vec<(u64, usize)>,
+}
+
+impl Probe {
+    fn slowest(&self) -> Duration {
+        self.recovered.values().max().copied().unwrap_or_default()
+    }
+}
+
+/// Mentions every channel every 250 ms from `t0` on, until each channel has answered
+/// `calm` rounds in a row (after `at_least`), or `within` passes; samples the bots'
+/// /health every round.
+async fn probe(
+    client: &async_nats::Client,
+    commands: &mut Commands,
+    channels: &[String],
+    bots: &[&Bot],
+    t0: Instant,
+    (at_least, calm, within): (Duration, usize, Duration),
+) -> Probe {
+    // Per channel, per round: (sent at, token).
+    let mut rounds: Vec<(Duration, Vec<String>)> = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reasons = BTreeSet::new();
+    let answered = |seen: &BTreeMap<String, usize>, token: &str| seen.get(token).copied().unwrap_or(0) > 0;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let at = t0.elapsed();
+        let tokens: Vec<String> = channels.iter().map(|ch| format!("p{n}x-{ch}")).collect();
+        for (ch, token) in channels.iter().zip(&tokens) {
+            publish_event(client, ch, "chatMsg", chat(ch, &format!("u{n}"), &format!("hey KrytenBot {token}"), token))
+                .await;
+        }
+        rounds.push((at, tokens));
+        let until = Instant::now() + Duration::from_millis(250);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            let Some(cmd) = commands.next(left).await else { break };
+            let text = cmd["args"]["message"].as_str().unwrap_or("");
+            if let Some(token) = text.split_whitespace().find(|w| w.starts_with('p') && w.contains("x-")) {
+                *seen.entry(token.trim_matches(|c: char| !c.is_alphanumeric()).to_owned()).or_default() += 1;
+            }
+        }
+        for bot in bots {
+            let h = health(bot).await;
+            for r in h["reasons"].as_array().into_iter().flatten() {
+                // "… for 3.2 s (…)": the figures change every round; keep the words.
+                let words: String = r
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take_while(|c| *c != '(')
+                    .filter(|c| !c.is_ascii_digit() && *c != '.')
+                    .collect();
+                reasons.insert(words);
+            }
+        }
+        // Settled: the last `calm` rounds before this one all answered everywhere.
+        let done = rounds.len() > calm
+            && t0.elapsed() >= at_least
+            && rounds[rounds.len() - 1 - calm..rounds.len() - 1]
+                .iter()
+                .all(|(_, ts)| ts.iter().all(|t| answered(&seen, t)));
+        if done || t0.elapsed() >= within {
+            break;
+        }
+    }
+    // Late answers.
+    while let Some(cmd) = commands.next(Duration::from_millis(500)).await {
+        let text = cmd["args"]["message"].as_str().unwrap_or("");
+        if let Some(token) = text.split_whitespace().find(|w| w.starts_with('p') && w.contains("x-")) {
+            *seen.entry(token.trim_matches(|c: char| !c.is_alphanumeric()).to_owned()).or_default() += 1;
+        }
+    }
+    let mut out = Probe { reasons, ..Probe::default() };
+    out.timeline = rounds
+        .iter()
+        .map(|(at, ts)| (at.as_millis() as u64, ts.iter().filter(|t| answered(&seen, t)).count()))
+        .collect();
+    for (i, ch) in channels.iter().enumerate() {
+        let mut last_miss = None;
+        for (r, (at, tokens)) in rounds.iter().enumerate() {
+            out.sent += 1;
+            if answered(&seen, &tokens[i]) {
+                out.answered += 1;
+                out.last_answer.insert(ch.clone(), *at);
+            } else {
+                last_miss = Some(r);
+            }
+        }
+        let first_after = last_miss.map_or(Some(0), |r| (r + 1 < rounds.len()).then_some(r + 1));
+        if let Some(r) = first_after {
+            out.recovered.insert(ch.clone(), rounds[r].0);
+        }
+    }
+    out.doubles = seen.iter().filter(|(_, n)| **n > 1).map(|(t, n)| format!("{t}×{n}")).collect();
+    out
+}
+
+/// The node a bot is connected to, from its /health.
+async fn server_of(bot: &Bot) -> Option<String> {
+    health(bot).await["nats"]["server"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 18 in progress: passes the leader-loss recovery (4.8-5.8 s) but /health can stay degraded with false orphan reports on an instance at its lease cap whose watch stalled; run with --run-ignored"]
+async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_one_voice() {
+    let mut cluster = NatsCluster::start(3).await;
+    let llm = FakeLlm::start().await;
+    let names: Vec<String> = (0..6).map(|i| format!("hall{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Each instance is given one node; it learns the others from the cluster.
+    // The probes mention each channel four times a second: no limit may get in the way.
+    let limits = "defaults:\n  limits: { global_cooldown: 0s, send_spacing: 0s, per_user: { max: 100, window: 1m }, per_channel: { max: 10000, window: 1m } }\n";
+    let bots: Vec<Bot> = (0..3).map(|i| ha_bot_at(&cluster.url(i), &llm, &refs, &format!("i{i}"), limits)).collect();
+    let ids = [("i0", &bots[0]), ("i1", &bots[1]), ("i2", &bots[2])];
+    let all: Vec<&Bot> = bots.iter().collect();
+    let client = cluster.client().await;
+    let mut commands = Commands::subscribe(&client).await;
+    settled(&ids, 6, Duration::from_secs(20)).await;
+    assert_eq!(health(&bots[0]).await["ha"]["replicas"], 3, "three nodes: three replicas by default");
+    buckets_replicated(&client, 3, Duration::from_secs(10)).await;
+    assert_one_voice(&mention_all(&client, &mut commands, &names, "c1", Duration::from_secs(2)).await);
+
+    // 1. The node leading the lease bucket's stream dies.
+    let leader = stream_leader(&client, &format!("KV_{BUCKET}")).await.expect("the bucket has a leader");
+    let k = cluster.index_of(&leader).unwrap();
+    let failures_before: u64 = futures_util::future::join_all(all.iter().map(|b| lease_failures(b))).await.iter().sum();
+    let t0 = Instant::now();
+    cluster.kill(k);
+    let p =
+        probe(&client, &mut commands, &names, &all, t0, (Duration::from_secs(TTL_S), 8, Duration::from_secs(30))).await;
+    let failures: u64 = futures_util::future::join_all(all.iter().map(|b| lease_failures(b))).await.iter().sum::<u64>()
+        - failures_before;
+    let new_leader = stream_leader(&client, &format!("KV_{BUCKET}")).await;
+    eprintln!(
+        "leader {leader} killed: every channel answers again {:?} after (per channel {:?}); {}/{} mentions answered; \
+         {failures} failed lease operations over 3 instances; new leader {new_leader:?}; health said {:?}",
+        p.slowest(),
+        p.recovered,
+        p.answered,
+        p.sent,
+        p.reasons
+    );
+    assert!(p.doubles.is_empty(), "mentions answered twice: {:?}", p.doubles);
+    assert_eq!(p.recovered.len(), names.len(), "channels that never answered again: {p:?}");
+    assert!(p.slowest() <= Duration::from_secs(TTL_S + 9 + 3), "recovery took {:?}", p.slowest());
+    assert!(
+        p.reasons.iter().any(|r| r.contains("cannot reach the lease bucket")),
+        "/health said degraded while the bucket had no leader: {:?}",
+        p.reasons
+    );
+    // Backoff: no 200 ms spin (that was about 29 failures a second per instance).
+    let outage = p.slowest().as_secs_f64().max(1.0);
+    assert!((failures as f64) / outage / 3.0 < 8.0, "{failures} failures in {outage:.1} s over 3 instances");
+    // The instance that was on the dead node is on another one now.
+    for (i, bot) in bots.iter().enumerate() {
+        let on = server_of(bot).await;
+        assert!(on.is_some() && on.as_deref() != Some(leader.as_str()), "instance i{i} is on {on:?}");
+    }
+    for bot in &bots {
+        wait_until_ok(bot, Duration::from_secs(5)).await;
+    }
+
+    // The node comes back: it catches up, and still one voice.
+    cluster.restart(k);
+    cluster.wait_for_jetstream(Duration::from_secs(20)).await;
+    buckets_replicated(&client, 3, Duration::from_secs(20)).await;
+    settled(&ids, 6, Duration::from_secs(10)).await;
+    assert_one_voice(&mention_all(&client, &mut commands, &names, "c2", Duration::from_secs(2)).await);
+
+    // Not yet: killing the node an instance is connected to when it also leads a
+    // bucket left some channels silent for over 20 s in one run (see the issue's notes).
+}
+
+/// Waits (bounded) until a bot's /health says `ok`.
+async fn wait_until_ok(bot: &Bot, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let h = health(bot).await;
+        if h["status"] == "ok" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still degraded after {within:?}: {}", h["reasons"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -284,6 +284,13 @@ impl Engine {
         self.ha.as_ref().map(|h| h.stats(self.now))
     }
 
+    /// Channels that have had no owner anywhere (as far as this instance can tell) for
+    /// longer than `ha.lease_ttl`, with how long (`ha` only).
+    pub fn lease_orphans(&self) -> Vec<(String, std::time::Duration)> {
+        let Some(ha) = &self.ha else { return Vec::new() };
+        ha.orphans(self.now).into_iter().map(|(name, since)| (name, self.now.since(since))).collect()
+    }
+
     /// Who speaks for `channel` as far as this instance knows (`ha` only): this
     /// instance's id when it holds the lease.
     pub fn lease_owner(&self, channel: &str) -> Option<&str> {

@@ -115,6 +115,16 @@ pub enum LeaseOp {
 }
 
 impl LeaseOp {
+    /// `acquire`, `renew`, `save` or `release` (metrics, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseOp::Acquire { .. } => "acquire",
+            LeaseOp::Renew { .. } => "renew",
+            LeaseOp::Save { .. } => "save",
+            LeaseOp::Release { .. } => "release",
+        }
+    }
+
     /// The channel it is about.
     pub fn channel(&self) -> &str {
         match self {
@@ -218,6 +228,12 @@ struct Lease {
     last_save: Option<Millis>,
     /// The last owner seen other than us (a later acquisition is a takeover).
     other_owner_seen: bool,
+    /// The last time the channel was known to have an owner, here or elsewhere (or when
+    /// this instance started looking).
+    owner_at: Millis,
+    /// Its next acquire or renewal waits because the bucket failed: due at once when
+    /// the bucket answers again.
+    backing_off: bool,
 }
 
 /// What changed for a channel, for the engine to act on.
@@ -257,6 +273,8 @@ pub struct LeaseStats {
     pub lost: u64,
     /// Instances alive, this one included.
     pub live_instances: usize,
+    /// Lease operations that failed in a row (the bucket did not answer), across channels.
+    pub failing: u32,
 }
 
 /// Every channel's lease as this instance sees it.
@@ -269,6 +287,8 @@ pub struct Leases {
     peers: BTreeMap<String, Millis>,
     stats: LeaseStats,
     shutting_down: bool,
+    /// While `stats.failing > 0`: when the next acquire may probe the bucket.
+    next_probe: Millis,
 }
 
 fn key(name: &str) -> String {
@@ -291,6 +311,7 @@ impl Leases {
             peers: BTreeMap::new(),
             stats: LeaseStats::default(),
             shutting_down: false,
+            next_probe: Millis(0),
         }
     }
 
@@ -305,6 +326,48 @@ impl Leases {
 
     fn retry(&self) -> Duration {
         self.renew_every().min(Duration::from_secs(1))
+    }
+
+    /// The wait after the `n`th failure in a row: 200 ms doubling up to [`retry`].
+    /// While the bucket fails, only one acquire goes out per wait (a probe) and owned
+    /// leases retry their renewal at this pace, so a bucket without a leader costs about
+    /// one failure a second per instance and channel held, not a spin.
+    ///
+    /// [`retry`]: Leases::retry
+    fn backoff(&self, n: u32) -> Duration {
+        (Duration::from_millis(200) * 2u32.saturating_pow(n.saturating_sub(1).min(16))).min(self.retry())
+    }
+
+    /// The bucket answered (an operation completed either way, or the watch delivered):
+    /// after failures, everything that waited for it is due now.
+    fn bucket_answered(&mut self, now: Millis) {
+        if self.stats.failing == 0 {
+            return;
+        }
+        self.stats.failing = 0;
+        for l in self.leases.values_mut() {
+            if std::mem::take(&mut l.backing_off) {
+                match &mut l.state {
+                    State::Standby { next_try, .. } => *next_try = (*next_try).min(now),
+                    State::Owned { next_renew, renewing: None, .. } => *next_renew = (*next_renew).min(now),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Channels that have had no owner anywhere, as far as this instance can tell, for
+    /// longer than the TTL: (name, since when).
+    pub fn orphans(&self, now: Millis) -> Vec<(String, Millis)> {
+        if self.shutting_down {
+            return Vec::new();
+        }
+        self.leases
+            .values()
+            .filter(|l| !matches!(l.state, State::Owned { valid_until, .. } if now < valid_until))
+            .filter(|l| now >= l.owner_at.after(self.ttl))
+            .map(|l| (l.name.clone(), l.owner_at))
+            .collect()
     }
 
     /// Makes the set of channels `names` (config order); new ones start in standby and
@@ -328,6 +391,8 @@ impl Leases {
                 dirty: false,
                 last_save: None,
                 other_owner_seen: false,
+                owner_at: now,
+                backing_off: false,
             });
         }
         out
@@ -389,8 +454,11 @@ impl Leases {
     /// Applies an outcome from the bucket.
     pub fn on_event(&mut self, now: Millis, ev: LeaseEvent) -> Vec<Transition> {
         let mut out = Vec::new();
-        let (ttl, margin, renew, retry) = (self.ttl, self.margin(), self.renew_every(), self.retry());
+        let (ttl, margin, renew) = (self.ttl, self.margin(), self.renew_every());
         let me = self.me.clone();
+        if !matches!(ev, LeaseEvent::Failed { .. } | LeaseEvent::Peer { .. }) {
+            self.bucket_answered(now);
+        }
         match ev {
             LeaseEvent::Peer { instance, alive } => {
                 if instance != me {
@@ -420,6 +488,7 @@ impl Leases {
                     };
                     l.dirty = false;
                     l.last_save = None;
+                    l.owner_at = now;
                     self.stats.acquired += 1;
                     if std::mem::take(&mut l.other_owner_seen) {
                         self.stats.takeovers += 1;
@@ -440,6 +509,8 @@ impl Leases {
             }
             LeaseEvent::Taken { channel } => {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                // The key exists: someone wrote it within a TTL (the watch may be late).
+                l.owner_at = now;
                 match l.state {
                     State::Acquiring { .. } => {
                         l.other_owner_seen = true;
@@ -455,16 +526,21 @@ impl Leases {
                 }
             }
             LeaseEvent::Failed { channel } => {
+                self.stats.failing = self.stats.failing.saturating_add(1);
+                let wait = self.backoff(self.stats.failing);
+                self.next_probe = now.after(wait);
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
                 match &mut l.state {
-                    // Soon again: a lost race or a hiccup (a dead link fails slowly anyway).
+                    // Again after the backoff: a hiccup retries in 200 ms, a bucket that
+                    // keeps failing is probed by one acquire at a time (see `tick`).
                     State::Acquiring { .. } => {
-                        l.state =
-                            State::Standby { owner: None, next_try: now.after(retry.min(Duration::from_millis(200))) }
+                        l.backing_off = true;
+                        l.state = State::Standby { owner: None, next_try: now.after(wait) }
                     }
                     State::Owned { renewing, next_renew, .. } => {
+                        l.backing_off = true;
                         *renewing = None;
-                        *next_renew = now.after(retry);
+                        *next_renew = now.after(wait);
                     }
                     // Could not delete it: it expires by itself.
                     State::Releasing { .. } => l.state = State::Standby { owner: None, next_try: now.after(ttl) },
@@ -482,6 +558,7 @@ impl Leases {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
                 if owner != me {
                     l.other_owner_seen = true;
+                    l.owner_at = now;
                     match &mut l.state {
                         State::Standby { owner: o, next_try } => {
                             *o = Some(owner);
@@ -522,9 +599,11 @@ impl Leases {
                 if now >= *valid_until {
                     self.stats.lost += 1;
                     trans.push(Transition::Lost(l.name.clone()));
+                    l.owner_at = *valid_until;
                     l.state = State::Standby { owner: None, next_try: now.after(retry) };
                     continue;
                 }
+                l.owner_at = now;
                 held += 1;
                 if renewing.is_none() && now >= *next_renew {
                     *renewing = Some(now);
@@ -578,6 +657,15 @@ impl Leases {
             }
         } else {
             let mut room = cap - held;
+            // The bucket is failing: one acquire probes it per backoff, the rest wait for
+            // its answer (all due at once when it comes, see `bucket_answered`).
+            let probing = self.stats.failing > 0;
+            if probing {
+                room = if now >= self.next_probe { room.min(1) } else { 0 };
+            }
+            let wait = self.backoff(self.stats.failing);
+            // When the ones not probing look again.
+            let resume = if now >= self.next_probe { now.after(wait) } else { self.next_probe };
             let mut due: Vec<(u64, String)> = self
                 .leases
                 .values()
@@ -587,6 +675,13 @@ impl Leases {
             due.sort_unstable();
             for (_, k) in due {
                 let Some(l) = self.leases.get_mut(&k) else { continue };
+                if room == 0 && probing {
+                    if let State::Standby { next_try, .. } = &mut l.state {
+                        *next_try = (*next_try).max(resume);
+                        l.backing_off = true;
+                    }
+                    continue;
+                }
                 if room == 0 {
                     // At the cap: look again soon (the cap moves as peers come and go;
                     // only free or unknown channels are due, so this is rare and cheap).
@@ -596,8 +691,12 @@ impl Leases {
                     continue;
                 }
                 l.state = State::Acquiring { sent: now };
+                l.backing_off = false;
                 intents.push(Intent::Acquire(l.name.clone()));
                 room -= 1;
+                if probing {
+                    self.next_probe = now.after(wait);
+                }
             }
         }
         (trans, intents)

@@ -231,3 +231,124 @@ fn a_standby_obeys_a_moderator_silently_so_a_takeover_keeps_the_mute() {
     bot.say("carol", "!kryten unmute");
     assert_eq!(bot.pms(), [("carol".to_owned(), "Speaking again in lounge.".to_owned())]);
 }
+
+/// Lets `ms` pass in 50 ms steps (timers fire on time), each lease operation answered
+/// by `answer` at once; the operations sent, with the time each went out.
+fn run_for(bot: &mut Bot, ms: u64, answer: impl Fn(&LeaseOp) -> Option<LeaseEvent>) -> Vec<(u64, LeaseOp)> {
+    let mut out = Vec::new();
+    for _ in 0..ms / 50 {
+        bot.clear();
+        bot.wait(50);
+        for op in ops(bot) {
+            out.push((bot.now - T0, op.clone()));
+            if let Some(ev) = answer(&op) {
+                lease(bot, ev);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_failing_bucket_is_probed_by_one_acquire_at_a_time_with_growing_waits_and_all_go_when_it_answers() {
+    let cfg =
+        "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: a }, { name: b }, { name: c } ]\n";
+    let mut bot = Bot::new(cfg);
+    bot.wait(0);
+    assert_eq!(ops(&bot).len(), 3, "all three are tried at once");
+    for ch in ["a", "b", "c"] {
+        lease(&mut bot, LeaseEvent::Failed { channel: ch.into() });
+    }
+    assert_eq!(bot.engine.lease_stats().unwrap().failing, 3);
+    // No leader for the bucket's stream: every probe fails 10 ms after it went out.
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        bot.clear();
+        bot.wait(50);
+        for op in ops(&bot) {
+            sent.push(bot.now - T0);
+            assert!(matches!(op, LeaseOp::Acquire { .. }), "{op:?}");
+            bot.now += 10;
+            bot.clear();
+            lease(&mut bot, LeaseEvent::Failed { channel: op.channel().to_owned() });
+            assert!(ops(&bot).iter().all(|o| !matches!(o, LeaseOp::Acquire { .. })), "one probe at a time");
+        }
+    }
+    // 10 s: probes at most once a second once the wait has grown (not every 200 ms).
+    assert!(sent.len() <= 11, "{} probes in 10 s: {sent:?}", sent.len());
+    let gaps: Vec<u64> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= 950), "the wait is 1 s once it has grown: {gaps:?}");
+    // The bucket answers (the probe finds its key taken): the other two go at once.
+    let probe = loop {
+        bot.clear();
+        bot.wait(50);
+        if let Some(op) = ops(&bot).pop() {
+            break op;
+        }
+    };
+    bot.clear();
+    lease(&mut bot, LeaseEvent::Taken { channel: probe.channel().to_owned() });
+    let retried: Vec<String> = ops(&bot).iter().map(|o| o.channel().to_owned()).collect();
+    assert_eq!(retried.len(), 2, "the two waiting channels are tried as soon as the bucket answers: {retried:?}");
+    assert!(!retried.contains(&probe.channel().to_owned()));
+    assert_eq!(bot.engine.lease_stats().unwrap().failing, 0);
+}
+
+#[test]
+fn an_owner_whose_renewals_fail_retries_with_backoff_and_renews_at_once_when_the_bucket_answers() {
+    let cfg = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: a }, { name: b } ]\n";
+    let mut bot = Bot::new(cfg);
+    bot.wait(0);
+    lease(&mut bot, LeaseEvent::Acquired { channel: "a".into(), revision: 1, state: None });
+    lease(&mut bot, LeaseEvent::Taken { channel: "b".into() });
+    // The renewal at 3 s fails, and so do its retries: 200 ms, 400 ms, 800 ms, 1 s.
+    let mut renewals = Vec::new();
+    let fail = |op: &LeaseOp| Some(LeaseEvent::Failed { channel: op.channel().to_owned() });
+    for (t, op) in run_for(&mut bot, 6_000, fail) {
+        if matches!(op, LeaseOp::Renew { .. }) {
+            renewals.push(t);
+        }
+    }
+    let gaps: Vec<u64> = renewals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(renewals.first(), Some(&3_000));
+    assert!(gaps.windows(2).all(|w| w[1] >= w[0]) && gaps.iter().all(|g| (200..=1_050).contains(g)), "{gaps:?}");
+    assert!(gaps.first().is_some_and(|g| *g <= 250) && gaps.last().is_some_and(|g| *g >= 950), "{gaps:?}");
+    assert!(bot.engine.lease_owner("a") == Some("me"), "still trusted: 6 s < ttl - ttl/5");
+    // The bucket answers (the watch delivers b's renewal by another instance): a renews now.
+    bot.clear();
+    lease(&mut bot, LeaseEvent::Seen { channel: "b".into(), owner: "other".into() });
+    assert!(matches!(ops(&bot).as_slice(), [LeaseOp::Renew { channel, .. }] if channel == "a"), "{:?}", ops(&bot));
+}
+
+#[test]
+fn a_channel_nobody_has_held_for_longer_than_the_ttl_is_reported() {
+    let cfg = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: a }, { name: b } ]\n";
+    let mut bot = Bot::new(cfg);
+    bot.wait(0);
+    lease(&mut bot, LeaseEvent::Acquired { channel: "a".into(), revision: 1, state: None });
+    lease(&mut bot, LeaseEvent::Taken { channel: "b".into() });
+    // b's owner renews (seen by the watch) every 3 s for a while, then goes silent; a's
+    // renewals here succeed throughout.
+    let renew_all = |bot: &mut Bot, ms: u64| {
+        run_for(bot, ms, |op| match op {
+            LeaseOp::Renew { channel, revision } => {
+                Some(LeaseEvent::Renewed { channel: channel.clone(), revision: revision + 1 })
+            }
+            _ => None,
+        })
+    };
+    for _ in 0..4 {
+        renew_all(&mut bot, 3_000);
+        lease(&mut bot, LeaseEvent::Seen { channel: "b".into(), owner: "other".into() });
+    }
+    renew_all(&mut bot, 8_000);
+    assert!(bot.engine.lease_orphans().is_empty(), "b was seen 8 s ago, under the 9 s TTL");
+    // Its key expires; this instance cannot take it (the bucket refuses: still there).
+    renew_all(&mut bot, 1_500);
+    let orphans = bot.engine.lease_orphans();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].0, "b");
+    assert_eq!(orphans[0].1.as_millis(), 9_500);
+    // a is held here, so it is never an orphan while trusted.
+    assert_eq!(bot.engine.lease_owner("a"), Some("me"));
+}

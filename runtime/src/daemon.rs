@@ -558,11 +558,39 @@ impl Daemon {
             h.session = Some(self.session);
             h.channels = channels;
             h.nats_connected = self.connected;
+            // The server the client is on (a cluster moves it on a node loss).
+            h.nats_server = self.connected.then(|| self.client.server_info().server_name).filter(|n| !n.is_empty());
             h.reconnects = self.reconnects;
             h.shutting_down = self.shutdown_deadline.is_some();
             h.spend = engine.spend();
+            h.problems.clear();
+            if !self.connected {
+                h.problems.push("not connected to NATS".to_owned());
+            }
             h.ha = engine.lease_stats().map(|s| {
                 self.shared.metrics.leases(s);
+                let bucket = self.ha.as_ref().map(Ha::health).unwrap_or_default();
+                let orphans = engine.lease_orphans();
+                self.shared.metrics.ha_bucket_reachable.set(i64::from(bucket.failing_for.is_none()));
+                self.shared.metrics.ha_orphaned.set(orphans.len() as i64);
+                if let Some(failing) = bucket.failing_for {
+                    h.problems.push(format!(
+                        "cannot reach the lease bucket `{}` for {:.1} s ({} operations failed; last: {})",
+                        engine.config().ha.bucket,
+                        failing.as_secs_f64(),
+                        bucket.failures,
+                        bucket.last_error.as_deref().unwrap_or("?"),
+                    ));
+                }
+                if !orphans.is_empty() {
+                    let names: Vec<String> =
+                        orphans.iter().map(|(c, d)| format!("{c} ({:.1} s)", d.as_secs_f64())).collect();
+                    h.problems.push(format!(
+                        "{} channel(s) without an owner anywhere for longer than lease_ttl: {}",
+                        orphans.len(),
+                        names.join(", ")
+                    ));
+                }
                 for c in &engine.config().channels {
                     let mine = engine.lease_owner(&c.name) == Some(engine.config().ha.instance.as_str());
                     self.shared.metrics.channel_owned(&c.name, mine);
@@ -577,6 +605,14 @@ impl Daemon {
                     "instance": engine.config().ha.instance, "owned": s.owned, "live_instances": s.live_instances,
                     "renewals": s.renewals, "acquired": s.acquired, "takeovers": s.takeovers, "lost": s.lost,
                     "owners": owners,
+                    "replicas": self.ha.as_ref().map(Ha::replicas),
+                    "bucket": {
+                        "state": if bucket.failing_for.is_some() { "failing" } else { "ok" },
+                        "failing_seconds": bucket.failing_for.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
+                        "failures": bucket.failures,
+                        "last_error": bucket.last_error,
+                    },
+                    "orphaned": orphans.iter().map(|(c, d)| (c.clone(), serde_json::json!((d.as_secs_f64() * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
                 })
             });
         });
@@ -685,10 +721,10 @@ pub async fn run(config_path: PathBuf, seed: Option<u64>) -> Result<(), StartErr
     // ha: the lease buckets, their watch, and the other instances' lifecycle messages.
     let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
     let (ha, mut peers) = if config.ha.enabled {
-        let ha = Ha::open(&client, &config.ha, lease_tx.clone()).await?;
+        let ha = Ha::open(&client, &config.ha, lease_tx.clone(), shared.metrics.ha_lease_failures.clone()).await?;
         ha.watch(ha::channel_of_key);
         let peers = subscribe(format!("kryten.lifecycle.{service}.>")).await?;
-        tracing::info!(instance = %config.ha.instance, bucket = %config.ha.bucket, lease_ttl = ?config.ha.lease_ttl, "ha: leases on");
+        tracing::info!(instance = %config.ha.instance, bucket = %config.ha.bucket, lease_ttl = ?config.ha.lease_ttl, replicas = ha.replicas(), "ha: leases on");
         (Some(ha), Some(peers))
     } else {
         (None, None)

@@ -9,21 +9,30 @@
 //!   release = delete on our revision.
 //! * `{ha.bucket}_state`: the limit state each owner leaves for the next one (the lease
 //!   key itself cannot carry it: it expires exactly when a successor needs it). Kept a
-//!   day.
+//!   day. Read from the stream's leader (no direct gets: on a replicated stream a
+//!   follower may answer those with a state a moment old).
+//!
+//! Both are streams with `ha.replicas` replicas, so a cluster that loses a node keeps
+//! them once it has elected new leaders.
 //!
 //! Operations of one channel run in order on that channel's own task; channels run in
-//! parallel. Every operation has a deadline, so the engine always hears back.
+//! parallel. Every operation has a deadline, so the engine always hears back. Whether
+//! the bucket answers is tracked in a [`Reach`] shared by all of them (health, logs,
+//! metrics).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use async_nats::Client;
+use async_nats::{Client, ServerInfo};
 use chatbot_core::config::HaConfig;
 use chatbot_core::{LeaseEvent, LeaseOp, LimitSnapshot};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
+
+use crate::metrics::LeaseFailures;
 
 /// How long the state bucket keeps a channel's limits.
 const STATE_MAX_AGE: Duration = Duration::from_secs(86_400);
@@ -34,6 +43,28 @@ const STATE_MAX_AGE: Duration = Duration::from_secs(86_400);
 pub struct HaError {
     bucket: String,
     reason: String,
+}
+
+/// Most replicas chosen when `ha.replicas` is not set.
+const AUTO_REPLICAS_MAX: usize = 3;
+
+/// The replicas both buckets get: `ha.replicas` when set; otherwise 1 on a single
+/// server and, on a cluster, one per node the server reports (its `connect_urls`, which
+/// list every server of the cluster) up to 3. The second value says why, for the log.
+pub fn replicas(configured: Option<usize>, info: &ServerInfo) -> (usize, &'static str) {
+    if let Some(n) = configured {
+        return (n, "ha.replicas");
+    }
+    if info.cluster.is_none() {
+        return (1, "a single server");
+    }
+    let mut nodes: Vec<&str> = info.connect_urls.iter().map(String::as_str).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    match nodes.len() {
+        0 => (1, "a cluster that does not advertise its servers: set ha.replicas"),
+        n => (n.min(AUTO_REPLICAS_MAX), "one per cluster node, at most 3"),
+    }
 }
 
 /// The lease key of a channel: `c.` + the lower-cased name, bytes outside
@@ -79,9 +110,21 @@ pub struct Ha {
     op_timeout: Duration,
     events: mpsc::UnboundedSender<LeaseEvent>,
     workers: HashMap<String, mpsc::UnboundedSender<LeaseOp>>,
+    reach: Reach,
+    replicas: usize,
 }
 
-async fn open_bucket(js: &jetstream::Context, bucket: &str, max_age: Duration) -> Result<kv::Store, HaError> {
+/// How one bucket is made.
+struct BucketSpec<'a> {
+    name: &'a str,
+    max_age: Duration,
+    replicas: usize,
+    /// Direct gets (served by any replica): only where no read must be current.
+    direct: bool,
+}
+
+async fn open_bucket(js: &jetstream::Context, spec: BucketSpec<'_>) -> Result<kv::Store, HaError> {
+    let bucket = spec.name;
     let err = |e: &dyn std::fmt::Display| HaError { bucket: bucket.to_owned(), reason: e.to_string() };
     // The stream a key-value bucket is, made directly: async-nats' `create_key_value`
     // first reads account info in a shape nats-server 2.9 (Debian 12's) does not send.
@@ -89,43 +132,153 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str, max_age: Duration) -
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_age,
+        max_age: spec.max_age,
         storage: jetstream::stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: spec.replicas,
         allow_rollup: true,
         deny_delete: true,
         deny_purge: false,
-        allow_direct: true,
+        allow_direct: spec.direct,
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    match js.get_or_create_stream(config).await {
-        // Keys vanishing sooner than holders stop trusting them would allow two owners.
-        Ok(stream) if stream.cached_info().config.max_age < max_age => {
-            let have = stream.cached_info().config.max_age;
-            return Err(err(&format!(
-                "it exists with max_age {have:?}, shorter than ha.lease_ttl {max_age:?}; delete it while no instance runs, or set lease_ttl to at most {have:?}"
-            )));
+    let stream = js.get_or_create_stream(config).await.map_err(|e| {
+        if spec.replicas > 1 {
+            err(&format!(
+                "{e} (ha.replicas {}: a replicated bucket needs a NATS cluster with JetStream on at least that many servers)",
+                spec.replicas
+            ))
+        } else {
+            err(&e)
         }
-        Ok(stream) if stream.cached_info().config.max_age > max_age => {
-            tracing::warn!(bucket, max_age = ?stream.cached_info().config.max_age, "the bucket exists with a longer max_age than ha.lease_ttl; crash failover takes that long");
+    })?;
+    let have = stream.cached_info().config.clone();
+    // Keys vanishing sooner than holders stop trusting them would allow two owners.
+    if have.max_age < spec.max_age {
+        return Err(err(&format!(
+            "it exists with max_age {:?}, shorter than ha.lease_ttl {:?}; delete it while no instance runs, or set lease_ttl to at most {:?}",
+            have.max_age, spec.max_age, have.max_age
+        )));
+    }
+    if have.max_age > spec.max_age {
+        tracing::warn!(bucket, max_age = ?have.max_age, "the bucket exists with a longer max_age than ha.lease_ttl; crash failover takes that long");
+    }
+    let stale_reads = have.allow_direct && !spec.direct;
+    if have.num_replicas < spec.replicas || (stale_reads && have.num_replicas.max(spec.replicas) > 1) {
+        let mut wanted = have.clone();
+        wanted.num_replicas = have.num_replicas.max(spec.replicas);
+        wanted.allow_direct = spec.direct;
+        match js.update_stream(&wanted).await {
+            Ok(_) => {
+                tracing::info!(bucket, from = have.num_replicas, to = wanted.num_replicas, "ha: bucket replicas raised")
+            }
+            Err(e) => tracing::warn!(
+                bucket, have = have.num_replicas, want = spec.replicas, error = %e,
+                "ha: the bucket has fewer replicas than configured and the server refused to add them; losing the node that holds it silences the channels until it is back. Fix: `nats stream edit KV_{bucket} --replicas {}` (or delete the bucket while no instance runs), or set ha.replicas to {}",
+                spec.replicas, have.num_replicas
+            ),
         }
-        Ok(_) => {}
-        Err(e) => return Err(err(&e)),
+    } else if have.num_replicas > spec.replicas {
+        tracing::info!(
+            bucket,
+            have = have.num_replicas,
+            configured = spec.replicas,
+            "ha: the bucket has more replicas than configured; kept"
+        );
     }
     js.get_key_value(bucket).await.map_err(|e| err(&e))
 }
 
+/// Whether the lease bucket answers, as every operation and the watch find it.
+#[derive(Debug, Default)]
+struct ReachState {
+    /// Since when operations fail (none: the last one worked).
+    failing_since: Option<Instant>,
+    /// Failures since then.
+    failures: u64,
+    /// The last failure: operation kind and why.
+    last_error: Option<String>,
+}
+
+/// What /health shows about the bucket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BucketHealth {
+    /// How long operations have been failing (none: they work).
+    pub failing_for: Option<Duration>,
+    /// Failures in a row.
+    pub failures: u64,
+    /// The last failure: kind and reason.
+    pub last_error: Option<String>,
+}
+
+/// Shared by the workers and the watch: logs the first failure (warning) and the
+/// recovery (info), counts failures by kind.
+#[derive(Clone)]
+struct Reach {
+    bucket: String,
+    state: Arc<Mutex<ReachState>>,
+    metrics: LeaseFailures,
+    /// Signalled when operations work again after failing.
+    recovered: Arc<tokio::sync::Notify>,
+}
+
+impl Reach {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReachState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn failed(&self, kind: &'static str, channel: Option<&str>, reason: &str) {
+        self.metrics.inc(kind);
+        let mut st = self.lock();
+        if st.failing_since.is_none() {
+            st.failing_since = Some(Instant::now());
+            tracing::warn!(
+                bucket = %self.bucket, kind, channel, error = reason,
+                "ha: lease operations are failing (the bucket's stream may be electing a leader, or has lost quorum); the channels held here go silent if this lasts lease_ttl - lease_ttl/5 since their last renewal"
+            );
+        } else {
+            tracing::debug!(kind, channel, error = reason, "lease operation failed");
+        }
+        st.failures += 1;
+        st.last_error = Some(format!("{kind}: {reason}"));
+    }
+
+    fn answered(&self) {
+        let mut st = self.lock();
+        if let Some(since) = st.failing_since.take() {
+            tracing::info!(bucket = %self.bucket, after = ?since.elapsed(), failures = st.failures, "ha: lease operations work again");
+            st.failures = 0;
+            self.recovered.notify_one();
+        }
+    }
+
+    fn health(&self) -> BucketHealth {
+        let st = self.lock();
+        BucketHealth {
+            failing_for: st.failing_since.map(|t| t.elapsed()),
+            failures: st.failures,
+            last_error: st.last_error.clone(),
+        }
+    }
+}
+
 impl Ha {
-    /// Opens (creating if missing) both buckets. Outcomes go to `events`.
+    /// Opens (creating if missing) both buckets. Outcomes go to `events`; failed
+    /// operations are counted in `failures`.
     pub async fn open(
         client: &Client,
         cfg: &HaConfig,
         events: mpsc::UnboundedSender<LeaseEvent>,
+        failures: LeaseFailures,
     ) -> Result<Ha, HaError> {
         let js = jetstream::new(client.clone());
-        let leases = open_bucket(&js, &cfg.bucket, cfg.lease_ttl).await?;
-        let state = open_bucket(&js, &format!("{}_state", cfg.bucket), STATE_MAX_AGE).await?;
+        let (replicas, why) = replicas(cfg.replicas, &client.server_info());
+        tracing::info!(replicas, why, "ha: bucket replicas");
+        let spec = BucketSpec { name: &cfg.bucket, max_age: cfg.lease_ttl, replicas, direct: true };
+        let leases = open_bucket(&js, spec).await?;
+        let state_bucket = format!("{}_state", cfg.bucket);
+        let spec = BucketSpec { name: &state_bucket, max_age: STATE_MAX_AGE, replicas, direct: false };
+        let state = open_bucket(&js, spec).await?;
         Ok(Ha {
             leases,
             state,
@@ -133,7 +286,24 @@ impl Ha {
             op_timeout: (cfg.lease_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)),
             events,
             workers: HashMap::new(),
+            reach: Reach {
+                bucket: cfg.bucket.clone(),
+                state: Arc::default(),
+                metrics: failures,
+                recovered: Arc::default(),
+            },
+            replicas,
         })
+    }
+
+    /// Whether the bucket answers, for /health.
+    pub fn health(&self) -> BucketHealth {
+        self.reach.health()
+    }
+
+    /// The replicas the buckets were opened with.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// Queues `op` on its channel's worker.
@@ -146,6 +316,7 @@ impl Ha {
                 instance: self.instance.clone(),
                 timeout: self.op_timeout,
                 events: self.events.clone(),
+                reach: self.reach.clone(),
             };
             tokio::spawn(w.run(rx));
             tx
@@ -153,43 +324,69 @@ impl Ha {
         let _ = tx.send(op);
     }
 
-    /// Forwards the lease bucket's changes (`Seen`, `Free`) until the daemon stops;
-    /// re-watches after an error.
+    /// Forwards the lease bucket's changes (`Seen`, `Free`) until the daemon stops.
+    /// Watches again after an error, when the bucket answers again after failing (its
+    /// stream may have a new leader, and the old consumer with it), and when nothing
+    /// arrived for two TTLs (every owner rewrites its keys three times a TTL, so a quiet
+    /// watch is a stalled one).
     pub fn watch(&self, names: impl Fn(&str) -> Option<String> + Send + 'static) -> tokio::task::JoinHandle<()> {
-        let (store, events) = (self.leases.clone(), self.events.clone());
+        let (store, events, reach) = (self.leases.clone(), self.events.clone(), self.reach.clone());
+        let idle = self.op_timeout * 8;
         tokio::spawn(async move {
             loop {
-                match store.watch_all().await {
-                    Ok(mut w) => {
-                        while let Some(entry) = w.next().await {
-                            let Ok(entry) = entry else { break };
-                            let Some(channel) = names(&entry.key) else { continue };
-                            let ev = match entry.operation {
-                                kv::Operation::Put => {
-                                    let owner = serde_json::from_slice::<serde_json::Value>(&entry.value)
-                                        .ok()
-                                        .and_then(|v| v.get("instance").and_then(|i| i.as_str()).map(str::to_owned));
-                                    match owner {
-                                        Some(owner) => LeaseEvent::Seen { channel, owner },
-                                        None => continue,
-                                    }
-                                }
-                                kv::Operation::Delete | kv::Operation::Purge => LeaseEvent::Free { channel },
-                            };
-                            if events.send(ev).is_err() {
-                                return;
+                let failed = match store.watch_all().await {
+                    Ok(mut w) => loop {
+                        let next = tokio::select! {
+                            next = tokio::time::timeout(idle, w.next()) => next,
+                            () = reach.recovered.notified() => {
+                                tracing::debug!("the lease bucket answers again: watching it anew");
+                                break false;
                             }
+                        };
+                        let entry = match next {
+                            Ok(Some(Ok(entry))) => entry,
+                            Ok(Some(Err(e))) => {
+                                reach.failed("watch", None, &e.to_string());
+                                break true;
+                            }
+                            Ok(None) => break true,
+                            Err(_) => {
+                                tracing::debug!(?idle, "the lease watch is quiet: watching it anew");
+                                break false;
+                            }
+                        };
+                        reach.answered();
+                        let Some(ev) = watched(&names, &entry) else { continue };
+                        if events.send(ev).is_err() {
+                            return;
                         }
+                    },
+                    Err(e) => {
+                        reach.failed("watch", None, &e.to_string());
+                        true
                     }
-                    Err(e) => tracing::debug!(error = %e, "lease watch failed; retrying"),
-                }
+                };
                 if events.is_closed() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if failed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         })
     }
+}
+
+/// The event a watched bucket entry means, if it is a lease key.
+fn watched(names: &impl Fn(&str) -> Option<String>, entry: &kv::Entry) -> Option<LeaseEvent> {
+    let channel = names(&entry.key)?;
+    Some(match entry.operation {
+        kv::Operation::Put => {
+            let value = serde_json::from_slice::<serde_json::Value>(&entry.value).ok()?;
+            LeaseEvent::Seen { channel, owner: value.get("instance")?.as_str()?.to_owned() }
+        }
+        kv::Operation::Delete | kv::Operation::Purge => LeaseEvent::Free { channel },
+    })
 }
 
 /// One channel's operations, in order.
@@ -199,15 +396,29 @@ struct Worker {
     instance: String,
     timeout: Duration,
     events: mpsc::UnboundedSender<LeaseEvent>,
+    reach: Reach,
 }
+
+/// The answer to an operation, or why the bucket gave none.
+type Outcome = Result<Option<LeaseEvent>, String>;
 
 impl Worker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<LeaseOp>) {
         while let Some(op) = rx.recv().await {
-            let channel = op.channel().to_owned();
-            let answer = match tokio::time::timeout(self.timeout, self.perform(op)).await {
-                Ok(answer) => answer,
-                Err(_) => Some(LeaseEvent::Failed { channel: channel.clone() }),
+            let (channel, kind) = (op.channel().to_owned(), op.kind());
+            let answers = !matches!(op, LeaseOp::Save { .. });
+            let outcome = tokio::time::timeout(self.timeout, self.perform(op))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+            let answer = match outcome {
+                Ok(answer) => {
+                    self.reach.answered();
+                    answer
+                }
+                Err(reason) => {
+                    self.reach.failed(kind, Some(&channel), &reason);
+                    answers.then_some(LeaseEvent::Failed { channel })
+                }
             };
             if let Some(ev) = answer {
                 if self.events.send(ev).is_err() {
@@ -222,58 +433,48 @@ impl Worker {
         json!({"instance": self.instance, "at": at}).to_string().into()
     }
 
-    async fn save(&self, key: &str, state: &LimitSnapshot) -> bool {
-        match serde_json::to_vec(state) {
-            Ok(body) => self.state.put(key, body.into()).await.is_ok(),
-            Err(_) => false,
-        }
+    async fn save(&self, key: &str, state: &LimitSnapshot) -> Result<(), String> {
+        let body = serde_json::to_vec(state).map_err(|e| e.to_string())?;
+        self.state.put(key, body.into()).await.map(drop).map_err(|e| format!("saving the limit state: {e}"))
     }
 
-    async fn perform(&self, op: LeaseOp) -> Option<LeaseEvent> {
+    async fn perform(&self, op: LeaseOp) -> Outcome {
         match op {
             LeaseOp::Acquire { channel } => {
                 let key = lease_key(&channel);
-                Some(match self.leases.create(&key, self.value()).await {
-                    Ok(revision) => {
-                        let state = match self.state.get(&key).await {
-                            Ok(Some(body)) => serde_json::from_slice(&body).ok(),
-                            _ => None,
-                        };
-                        LeaseEvent::Acquired { channel, revision, state }
-                    }
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => LeaseEvent::Taken { channel },
-                    Err(e) => {
-                        tracing::debug!(channel, error = %e, "lease acquire failed");
-                        LeaseEvent::Failed { channel }
-                    }
-                })
+                match self.leases.create(&key, self.value()).await {
+                    Ok(revision) => match self.state.get(&key).await {
+                        Ok(body) => {
+                            let state = body.and_then(|b| serde_json::from_slice(&b).ok());
+                            Ok(Some(LeaseEvent::Acquired { channel, revision, state }))
+                        }
+                        // Speaking without the previous owner's limits could exceed them:
+                        // give the key back (or let it expire) and try again later.
+                        Err(e) => {
+                            let _ = self.leases.delete_expect_revision(&key, Some(revision)).await;
+                            Err(format!("reading the limit state: {e}"))
+                        }
+                    },
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Some(LeaseEvent::Taken { channel })),
+                    Err(e) => Err(e.to_string()),
+                }
             }
             LeaseOp::Renew { channel, revision } => {
-                Some(match self.leases.update(lease_key(&channel), self.value(), revision).await {
-                    Ok(revision) => LeaseEvent::Renewed { channel, revision },
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => LeaseEvent::Taken { channel },
-                    Err(e) => {
-                        tracing::debug!(channel, error = %e, "lease renewal failed");
-                        LeaseEvent::Failed { channel }
+                match self.leases.update(lease_key(&channel), self.value(), revision).await {
+                    Ok(revision) => Ok(Some(LeaseEvent::Renewed { channel, revision })),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        Ok(Some(LeaseEvent::Taken { channel }))
                     }
-                })
-            }
-            LeaseOp::Save { channel, state } => {
-                if !self.save(&lease_key(&channel), &state).await {
-                    tracing::debug!(channel, "saving limit state failed");
+                    Err(e) => Err(e.to_string()),
                 }
-                None
             }
+            LeaseOp::Save { channel, state } => self.save(&lease_key(&channel), &state).await.map(|()| None),
             LeaseOp::Release { channel, revision, state } => {
                 let key = lease_key(&channel);
-                self.save(&key, &state).await;
-                Some(match self.leases.delete_expect_revision(&key, Some(revision)).await {
-                    Ok(()) => LeaseEvent::Released { channel },
-                    Err(e) => {
-                        tracing::debug!(channel, error = %e, "lease release failed");
-                        LeaseEvent::Failed { channel }
-                    }
-                })
+                // The state first: the next owner may create the key the moment it is gone.
+                self.save(&key, &state).await?;
+                self.leases.delete_expect_revision(&key, Some(revision)).await.map_err(|e| e.to_string())?;
+                Ok(Some(LeaseEvent::Released { channel }))
             }
         }
     }

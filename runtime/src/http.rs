@@ -3,7 +3,9 @@
 //! Served on a thread of its own, from shared state the daemon refreshes, never by
 //! asking the engine task: a busy event loop cannot slow a health probe, and a flood of
 //! probes cannot slow the event loop. /health always answers 200: `status` says
-//! `degraded` while NATS is down. Anything else is 404; a malformed request only closes
+//! `degraded` (and `reasons` why) while NATS is down, or with `ha` while the lease
+//! bucket does not answer or a channel has had no owner anywhere for longer than the
+//! lease TTL. Anything else is 404; a malformed request only closes
 //! its own connection.
 
 use std::collections::BTreeMap;
@@ -33,6 +35,8 @@ pub struct HealthState {
     pub nats_connected: bool,
     /// NATS reconnections since start.
     pub reconnects: u64,
+    /// The name of the NATS server connected to.
+    pub nats_server: Option<String>,
     /// Per channel.
     pub channels: Vec<ChannelStatus>,
     /// Per provider: consecutive failures and the last failure kind.
@@ -45,6 +49,8 @@ pub struct HealthState {
     pub ha: Option<Value>,
     /// The engine's seed and start.
     pub session: Option<crate::kryten::Session>,
+    /// Why `status` is `degraded`, in words (empty: `ok`).
+    pub problems: Vec<String>,
 }
 
 /// One provider's recent record.
@@ -124,10 +130,11 @@ impl Shared {
 fn document(h: &HealthState) -> Value {
     let queue: usize = h.channels.iter().map(|c| c.queued).sum();
     let mut doc = json!({
-        "status": if h.nats_connected { "ok" } else { "degraded" },
+        "status": if h.nats_connected && h.problems.is_empty() { "ok" } else { "degraded" },
+        "reasons": h.problems,
         "version": env!("CARGO_PKG_VERSION"),
         "shutting_down": h.shutting_down,
-        "nats": {"state": if h.nats_connected { "connected" } else { "disconnected" }, "queue_depth": queue, "reconnects": h.reconnects},
+        "nats": {"state": if h.nats_connected { "connected" } else { "disconnected" }, "server": h.nats_server, "queue_depth": queue, "reconnects": h.reconnects},
         "llm": {"providers": h.providers.iter().map(|(name, p)| (name.clone(), json!({
             "state": if p.consecutive_failures == 0 { "ok" } else { "failing" },
             "consecutive_failures": p.consecutive_failures,

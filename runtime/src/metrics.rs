@@ -46,6 +46,23 @@ struct TokenLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Failed lease operations by kind (`acquire`, `renew`, `save`, `release`, `watch`): a
+/// handle the lease workers keep.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseFailures(Family<KindLabel, Counter>);
+
+impl LeaseFailures {
+    /// One more failure of `kind`.
+    pub fn inc(&self, kind: &'static str) {
+        self.0.get_or_create(&KindLabel { kind }).inc();
+    }
+}
+
 /// Every metric family the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +92,12 @@ pub struct Metrics {
     ha_takeovers: Counter,
     ha_acquired: Counter,
     ha_lost: Counter,
+    /// Failed lease operations by kind.
+    pub ha_lease_failures: LeaseFailures,
+    /// Channels nobody has held for longer than the lease TTL, as this instance sees it.
+    pub ha_orphaned: Gauge,
+    /// 1 while the lease bucket answers.
+    pub ha_bucket_reachable: Gauge,
     /// The lease counters last exported (counters advance by the difference).
     ha_last: std::sync::Mutex<chatbot_core::LeaseStats>,
 }
@@ -111,6 +134,9 @@ impl Metrics {
             ha_takeovers: Counter::default(),
             ha_acquired: Counter::default(),
             ha_lost: Counter::default(),
+            ha_lease_failures: LeaseFailures::default(),
+            ha_orphaned: Gauge::default(),
+            ha_bucket_reachable: Gauge::default(),
             ha_last: Default::default(),
             registry: Registry::default(),
         };
@@ -163,6 +189,21 @@ impl Metrics {
             m.ha_takeovers.clone(),
         );
         registry.register("ha_leases_lost", "Leases lost without releasing them (ha)", m.ha_lost.clone());
+        registry.register(
+            "ha_lease_failures",
+            "Lease operations the bucket did not complete, by kind: acquire, renew, save, release, watch (ha)",
+            m.ha_lease_failures.0.clone(),
+        );
+        registry.register(
+            "ha_orphaned_channels",
+            "Channels without an owner anywhere for longer than lease_ttl, as this instance sees them (ha)",
+            m.ha_orphaned.clone(),
+        );
+        registry.register(
+            "ha_bucket_reachable",
+            "1 while the lease bucket answers (ha)",
+            m.ha_bucket_reachable.clone(),
+        );
         Metrics { registry, ..m }
     }
 

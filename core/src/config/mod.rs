@@ -187,12 +187,21 @@ pub struct HaConfig {
     /// This instance's id; empty in the file means "hostname-pid", filled in by the
     /// runtime before the engine starts.
     pub instance: String,
+    /// Stream replicas of both buckets; `None`: one on a single server, one per cluster
+    /// node (as the server reports them) up to 3 on a cluster.
+    pub replicas: Option<usize>,
 }
 
 impl Default for HaConfig {
     fn default() -> Self {
         let raw = raw::RawHa::default();
-        HaConfig { enabled: false, bucket: raw.bucket.0, lease_ttl: raw.lease_ttl.0, instance: String::new() }
+        HaConfig {
+            enabled: false,
+            bucket: raw.bucket.0,
+            lease_ttl: raw.lease_ttl.0,
+            instance: String::new(),
+            replicas: None,
+        }
     }
 }
 

@@ -284,11 +284,19 @@ pub(super) struct RawHa {
     pub(super) lease_ttl: LeaseTtl,
     #[serde(default)]
     pub(super) instance: Option<String>,
+    #[serde(default)]
+    pub(super) replicas: Option<Replicas>,
 }
 
 impl Default for RawHa {
     fn default() -> Self {
-        RawHa { enabled: false, bucket: default_ha_bucket(), lease_ttl: default_lease_ttl(), instance: None }
+        RawHa {
+            enabled: false,
+            bucket: default_ha_bucket(),
+            lease_ttl: default_lease_ttl(),
+            instance: None,
+            replicas: None,
+        }
     }
 }
 

@@ -80,6 +80,7 @@ impl Config {
             bucket: raw.ha.bucket.0,
             lease_ttl: raw.ha.lease_ttl.0,
             instance: raw.ha.instance.unwrap_or_default(),
+            replicas: raw.ha.replicas.map(|r| r.0),
         };
         let moderation = ModerationConfig {
             enabled: raw.moderation.enabled,

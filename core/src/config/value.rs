@@ -207,6 +207,19 @@ impl<'de> Deserialize<'de> for LeaseTtl {
     }
 }
 
+/// Stream replicas of the lease buckets: 1 to 5 (JetStream's limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Replicas(pub(super) usize);
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            n @ 1..=5 => Ok(Replicas(n as usize)),
+            _ => Err(de::Error::custom("must be 1 to 5 (JetStream replicates a stream on at most 5 servers), or null for one per cluster node up to 3")),
+        }
+    }
+}
+
 /// Like [`Forbidden`], for NATS secrets.
 #[derive(Debug)]
 pub(super) struct ForbiddenSecret;
