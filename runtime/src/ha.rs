@@ -112,6 +112,8 @@ pub struct Ha {
     workers: HashMap<String, mpsc::UnboundedSender<LeaseOp>>,
     reach: Reach,
     replicas: usize,
+    /// A watch quiet this long has stalled: two TTLs (owners rewrite keys 3× a TTL).
+    watch_idle: Duration,
 }
 
 /// How one bucket is made.
@@ -293,6 +295,7 @@ impl Ha {
                 recovered: Arc::default(),
             },
             replicas,
+            watch_idle: cfg.lease_ttl * 2,
         })
     }
 
@@ -331,7 +334,7 @@ impl Ha {
     /// watch is a stalled one).
     pub fn watch(&self, names: impl Fn(&str) -> Option<String> + Send + 'static) -> tokio::task::JoinHandle<()> {
         let (store, events, reach) = (self.leases.clone(), self.events.clone(), self.reach.clone());
-        let idle = self.op_timeout * 8;
+        let idle = self.watch_idle;
         tokio::spawn(async move {
             loop {
                 let failed = match store.watch_all().await {
