@@ -356,8 +356,10 @@ impl Probe {
 
 /// Mentions every channel every 250 ms from `t0` on, until each channel has answered
 /// `calm` rounds in a row (after `at_least`), or `within` passes; samples the bots'
-/// /health every round.
+/// /health every round. `tag` (a letter) keeps each probe's events distinct: a bot
+/// rightly ignores an event id it has seen.
 async fn probe(
+    tag: char,
     client: &async_nats::Client,
     commands: &mut Commands,
     channels: &[String],
@@ -374,7 +376,7 @@ async fn probe(
     loop {
         n += 1;
         let at = t0.elapsed();
-        let tokens: Vec<String> = channels.iter().map(|ch| format!("p{n}x-{ch}")).collect();
+        let tokens: Vec<String> = channels.iter().map(|ch| format!("p{tag}{n}x-{ch}")).collect();
         for (ch, token) in channels.iter().zip(&tokens) {
             publish_event(client, ch, "chatMsg", chat(ch, &format!("u{n}"), &format!("hey KrytenBot {token}"), token))
                 .await;
@@ -450,7 +452,7 @@ async fn server_of(bot: &Bot) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18 in progress: passes the leader-loss recovery (4.8-5.8 s) but /health can stay degraded with false orphan reports on an instance at its lease cap whose watch stalled; run with --run-ignored"]
+#[ignore = "issue 18: passes ~6 runs in 7; once, after quorum came back, two or three instances answered the same mentions of one channel for ~1.5 s (suspected: creates proposed while the stream had no quorum all committed when it returned); run with --run-ignored"]
 async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_one_voice() {
     let mut cluster = NatsCluster::start(3).await;
     let llm = FakeLlm::start().await;
@@ -473,10 +475,11 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
     let leader = stream_leader(&client, &format!("KV_{BUCKET}")).await.expect("the bucket has a leader");
     let k = cluster.index_of(&leader).unwrap();
     let failures_before: u64 = futures_util::future::join_all(all.iter().map(|b| lease_failures(b))).await.iter().sum();
+    let (seer, mut seen) = observer(&cluster, &[k]).await;
     let t0 = Instant::now();
     cluster.kill(k);
     let p =
-        probe(&client, &mut commands, &names, &all, t0, (Duration::from_secs(TTL_S), 8, Duration::from_secs(30))).await;
+        probe('a', &seer, &mut seen, &names, &all, t0, (Duration::from_secs(TTL_S), 8, Duration::from_secs(30))).await;
     let failures: u64 = futures_util::future::join_all(all.iter().map(|b| lease_failures(b))).await.iter().sum::<u64>()
         - failures_before;
     let new_leader = stream_leader(&client, &format!("KV_{BUCKET}")).await;
@@ -489,8 +492,8 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
         p.sent,
         p.reasons
     );
-    assert!(p.doubles.is_empty(), "mentions answered twice: {:?}", p.doubles);
-    assert_eq!(p.recovered.len(), names.len(), "channels that never answered again: {p:?}");
+    assert_no_doubles(&p, &bots);
+    assert_all_recovered(&p, &names, &bots);
     assert!(p.slowest() <= Duration::from_secs(TTL_S + 9 + 3), "recovery took {:?}", p.slowest());
     assert!(
         p.reasons.iter().any(|r| r.contains("cannot reach the lease bucket")),
@@ -516,8 +519,149 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
     settled(&ids, 6, Duration::from_secs(10)).await;
     assert_one_voice(&mention_all(&client, &mut commands, &names, "c2", Duration::from_secs(2)).await);
 
-    // Not yet: killing the node an instance is connected to when it also leads a
-    // bucket left some channels silent for over 20 s in one run (see the issue's notes).
+    // 2. The node an instance is connected to dies (one leading neither bucket, if any).
+    let leaders = [
+        stream_leader(&client, &format!("KV_{BUCKET}")).await,
+        stream_leader(&client, &format!("KV_{BUCKET}_state")).await,
+    ];
+    let mut homes = Vec::new();
+    for bot in &bots {
+        homes.push(server_of(bot).await.expect("every instance is connected"));
+    }
+    let leads = |node: &str| leaders.iter().any(|l| l.as_deref() == Some(node));
+    let victim = homes.iter().find(|h| !leads(h)).unwrap_or(&homes[0]).clone();
+    let moved: Vec<usize> = (0..bots.len()).filter(|&i| homes[i] == victim).collect();
+    let mut reconnects = Vec::new();
+    for &i in &moved {
+        reconnects.push(health(&bots[i]).await["nats"]["reconnects"].as_u64().unwrap_or(0));
+    }
+    let v = cluster.index_of(&victim).unwrap();
+    let (seer, mut seen) = observer(&cluster, &[v]).await;
+    let t0 = Instant::now();
+    cluster.kill(v);
+    let p =
+        probe('b', &seer, &mut seen, &names, &all, t0, (Duration::from_secs(TTL_S), 8, Duration::from_secs(30))).await;
+    eprintln!(
+        "node {victim} killed (home of instances {moved:?}, leading a bucket: {}): every channel answers again {:?} after; \
+         {}/{} mentions answered; health said {:?}",
+        leads(&victim),
+        p.slowest(),
+        p.answered,
+        p.sent,
+        p.reasons
+    );
+    assert_no_doubles(&p, &bots);
+    assert_all_recovered(&p, &names, &bots);
+    assert!(p.slowest() <= Duration::from_secs(TTL_S + 9 + 3), "recovery took {:?}", p.slowest());
+    for (&i, before) in moved.iter().zip(reconnects) {
+        let h = health(&bots[i]).await;
+        let on = h["nats"]["server"].as_str().unwrap_or("");
+        assert!(!on.is_empty() && on != victim, "instance i{i} is on {on:?}");
+        assert!(h["nats"]["reconnects"].as_u64().unwrap_or(0) > before, "instance i{i} counted its reconnect: {h}");
+    }
+    for bot in &bots {
+        wait_until_ok(bot, Duration::from_secs(5)).await;
+    }
+    cluster.restart(v);
+    cluster.wait_for_jetstream(Duration::from_secs(20)).await;
+    buckets_replicated(&client, 3, Duration::from_secs(20)).await;
+    settled(&ids, 6, Duration::from_secs(10)).await;
+    assert_one_voice(&mention_all(&client, &mut commands, &names, "c3", Duration::from_secs(2)).await);
+
+    // 3. Two of three nodes die: JetStream has no quorum, no lease can be renewed, and
+    // every owner falls silent within the TTL (ttl - ttl/5 after its last renewal).
+    let survivor = cluster.index_of(&stream_leader(&client, &format!("KV_{BUCKET}")).await.unwrap()).unwrap();
+    let (d1, d2) = match survivor {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let (seer, mut seen) = observer(&cluster, &[d1, d2]).await;
+    let t0 = Instant::now();
+    cluster.kill(d1);
+    cluster.kill(d2);
+    let quiet = Duration::from_secs(TTL_S * 3);
+    let p = probe('c', &seer, &mut seen, &names, &all, t0, (quiet, usize::MAX, quiet)).await;
+    let last = p.last_answer.values().max().copied().unwrap_or_default();
+    eprintln!(
+        "no quorum (only {} up): the last mention answered was sent {last:?} after; {}/{} answered in {quiet:?}; health said {:?}",
+        cluster.name(survivor),
+        p.answered,
+        p.sent,
+        p.reasons
+    );
+    assert_no_doubles(&p, &bots);
+    assert!(last < Duration::from_secs(TTL_S), "an owner spoke {last:?} after quorum was lost (ttl {TTL_S} s)");
+    for bot in &bots {
+        let h = health(bot).await;
+        assert_eq!(h["status"], "degraded", "{h}");
+        let reasons = h["reasons"].to_string();
+        assert!(reasons.contains("cannot reach the lease bucket"), "{reasons}");
+    }
+    // One node back: quorum again, and every channel answers again.
+    let t0 = Instant::now();
+    cluster.restart(d1);
+    let p = probe('d', &seer, &mut seen, &names, &all, t0, (Duration::from_secs(1), 8, Duration::from_secs(40))).await;
+    eprintln!(
+        "quorum back ({} restarted): every channel answers again {:?} after the restart; {}/{} answered",
+        cluster.name(d1),
+        p.slowest(),
+        p.answered,
+        p.sent
+    );
+    assert_no_doubles(&p, &bots);
+    assert_all_recovered(&p, &names, &bots);
+    cluster.restart(d2);
+    cluster.wait_for_jetstream(Duration::from_secs(20)).await;
+    settled(&ids, 6, Duration::from_secs(10)).await;
+    assert_one_voice(&mention_all(&client, &mut commands, &names, "c4", Duration::from_secs(2)).await);
+}
+
+/// A client (and its command subscription) on a node other than `avoid`: the probe's
+/// view of the room must not depend on its own reconnection.
+async fn observer(cluster: &NatsCluster, avoid: &[usize]) -> (async_nats::Client, Commands) {
+    let i = (0..cluster.len()).find(|i| !avoid.contains(i)).expect("a node survives");
+    let client = cluster.client_at(i).await;
+    let commands = Commands::subscribe(&client).await;
+    (client, commands)
+}
+
+/// No mention answered twice (or who said the first one twice, and the lease logs).
+fn assert_no_doubles(p: &Probe, bots: &[Bot]) {
+    let Some(first) = p.doubles.first() else { return };
+    let token = first.split('×').next().unwrap_or_default();
+    let said: Vec<String> = bots
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| {
+            let logs = b.logs();
+            logs.lines().filter(|l| l.contains(token)).map(|l| format!("i{i}: {l}")).collect::<Vec<_>>()
+        })
+        .collect();
+    let logs: Vec<String> = bots.iter().map(|b| lease_log(b, 80)).collect();
+    panic!("mentions answered twice: {:?}\n{}\n\n{}", p.doubles, said.join("\n"), logs.join("\n\n"));
+}
+
+/// Every channel answered again by the end of a probe (or the bots' lease logs).
+fn assert_all_recovered(p: &Probe, names: &[String], bots: &[Bot]) {
+    if p.recovered.len() != names.len() {
+        let logs: Vec<String> = bots.iter().map(|b| lease_log(b, 150)).collect();
+        panic!("channels that never answered again: {p:?}\n{}", logs.join("\n\n"));
+    }
+}
+
+/// A bot's last `n` log lines about leases, for failure messages.
+fn lease_log(bot: &Bot, n: usize) -> String {
+    let logs = bot.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            ["chatbot_runtime::ha", "ha:", "Seen", "Free", "Taken", "Acquired", "Failed", "panicked", "ERROR"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    format!("its last lease log lines:\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
 }
 
 /// Waits (bounded) until a bot's /health says `ok`.
@@ -528,7 +672,7 @@ async fn wait_until_ok(bot: &Bot, within: Duration) {
         if h["status"] == "ok" {
             return;
         }
-        assert!(Instant::now() < deadline, "still degraded after {within:?}: {}", h["reasons"]);
+        assert!(Instant::now() < deadline, "still degraded after {within:?}: {}\n{}", h["reasons"], lease_log(bot, 60));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -16,7 +16,7 @@ use crate::channel::{Channel, ChannelStats, ChannelStatus, CompileCache, Env};
 use crate::config::Config;
 use crate::contract::{Decision, Effect, Input, Outcome, Reason};
 use crate::event::{self, Event};
-use crate::lease::{Intent, LeaseOp, LeaseStats, Leases, LimitSnapshot, Transition};
+use crate::lease::{Intent, LeaseEvent, LeaseOp, LeaseStats, Leases, LimitSnapshot, Transition};
 use crate::time::Millis;
 use crate::timer::{TimerKey, Timers};
 
@@ -139,6 +139,15 @@ impl Engine {
                 self.lease_tick();
             }
             Input::Lease(ev) => {
+                // A save's answer: the channel counts the lines no save holds.
+                let saved = match &ev {
+                    LeaseEvent::Saved { channel } => self.slot_of(channel).map(|s| (s, true)),
+                    LeaseEvent::SaveFailed { channel } => self.slot_of(channel).map(|s| (s, false)),
+                    _ => None,
+                };
+                if let Some((slot, ok)) = saved {
+                    self.with_channel(slot, |ch, env| ch.saved(env, ok));
+                }
                 if let Some(ha) = &mut self.ha {
                     let transitions = ha.on_event(self.now, ev);
                     self.apply_transitions(transitions);
@@ -267,7 +276,7 @@ impl Engine {
         f(ch, &mut env);
         if let Some(ha) = &mut self.ha {
             if ch.take_dirty() {
-                ha.mark_dirty(&ch.cfg.name);
+                ha.mark_dirty(&ch.cfg.name, self.now, ch.save_urgent());
                 if let Some(t) = ha.next_deadline(self.now) {
                     self.timers.arm(TimerKey::Leases, t);
                 }
@@ -317,9 +326,9 @@ impl Engine {
         for t in transitions {
             match t {
                 Transition::Gained(name, state) => {
-                    let blind = state.as_ref().is_some_and(|s| self.was_blind(Millis(s.at)));
+                    let unseen = state.as_ref().and_then(|s| self.unseen_since(Millis(s.at)));
                     if let Some(slot) = self.slot_of(&name) {
-                        self.with_channel(slot, |ch, env| ch.gain_lease(env, state, blind));
+                        self.with_channel(slot, |ch, env| ch.gain_lease(env, state, unseen));
                     }
                 }
                 Transition::Lost(name) => {
@@ -331,34 +340,36 @@ impl Engine {
         }
     }
 
-    /// Whether this instance may have missed the bot's own lines said in the second
-    /// after `at` (another instance's clock: clocks are assumed within a second of each
-    /// other): it was not running yet, or NATS was down.
-    fn was_blind(&self, at: Millis) -> bool {
+    /// The latest time since `at` (another instance's clock: clocks are assumed within
+    /// a second of each other) at which this instance could have missed the bot's own
+    /// lines: it was not running yet, or NATS was down. None: it saw everything.
+    fn unseen_since(&self, at: Millis) -> Option<Millis> {
         const SKEW: std::time::Duration = std::time::Duration::from_secs(1);
-        let (from, to) = (at.before(SKEW), at.after(SKEW * 2));
-        self.start > from || self.outages.iter().any(|&(down, up)| down <= to && up.is_none_or(|u| u >= from))
+        let from = at.before(SKEW);
+        let started = (self.start > from).then_some(self.start);
+        let cut_off = self.outages.iter().map(|&(_, up)| up.unwrap_or(self.now)).filter(|&up| up > from).max();
+        started.max(cut_off).map(|t| t.min(self.now))
     }
 
     fn emit_intents(&mut self, intents: Vec<Intent>) {
         for i in intents {
-            let snapshot = |engine: &mut Engine, name: &str| {
+            let snapshot = |engine: &mut Engine, name: &str, to_save: bool| {
                 let now = engine.now;
                 engine
                     .slot_of(name)
                     .and_then(|s| engine.channels.get_mut(&s))
-                    .map(|c| c.snapshot(now))
+                    .map(|c| if to_save { c.snapshot_to_save(now) } else { c.snapshot(now) })
                     .unwrap_or_default()
             };
             let op = match i {
                 Intent::Acquire(channel) => LeaseOp::Acquire { channel },
                 Intent::Renew(channel, revision) => LeaseOp::Renew { channel, revision },
                 Intent::Save(channel) => {
-                    let state = snapshot(self, &channel);
+                    let state = snapshot(self, &channel, true);
                     LeaseOp::Save { channel, state }
                 }
                 Intent::Release(channel, revision) => {
-                    let state = LimitSnapshot { released: true, ..snapshot(self, &channel) };
+                    let state = LimitSnapshot { released: true, ..snapshot(self, &channel, false) };
                     LeaseOp::Release { channel, revision, state }
                 }
             };

@@ -52,17 +52,34 @@ pub enum LeaseEvent {
         /// Channel.
         channel: String,
     },
+    /// Our `Save` stored the state.
+    Saved {
+        /// Channel.
+        channel: String,
+    },
+    /// Our `Save` did not complete: it is tried again after a backoff (meanwhile the
+    /// owner says at most [`UNSAVED_LINES`] lines no save holds).
+    SaveFailed {
+        /// Channel.
+        channel: String,
+    },
     /// Our `Release` finished (the key is deleted, the state saved).
     Released {
         /// Channel.
         channel: String,
     },
-    /// The bucket watch saw a lease written by `owner`.
+    /// The bucket watch saw a lease written by `owner`: just now (`fresh`), or at some
+    /// time within the last TTL (the bucket's current value, replayed when a watch
+    /// starts).
     Seen {
         /// Channel.
         channel: String,
         /// The instance that wrote it.
         owner: String,
+        /// The write's revision (an owner ignores writes older than its own).
+        revision: u64,
+        /// Written as it was delivered, not replayed.
+        fresh: bool,
     },
     /// The bucket watch saw a lease deleted (released).
     Free {
@@ -82,7 +99,11 @@ pub enum LeaseEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOp {
     /// Create the channel's lease key with our instance id (fails when it exists); then
-    /// read the saved limit state. Answer `Acquired`, `Taken` or `Failed`.
+    /// read the saved limit state and mark it taken: store it again with `released`
+    /// false, or an empty one (at now) if there is none. So a state marked released
+    /// was the last word of its channel's last owner, and a channel without one has
+    /// never had an owner. Answer `Acquired` (with the state as read), `Taken` or
+    /// `Failed` (then the key is given back or left to expire).
     Acquire {
         /// Channel, as configured.
         channel: String,
@@ -95,7 +116,7 @@ pub enum LeaseOp {
         /// The revision we hold.
         revision: u64,
     },
-    /// Store the channel's limit state (no answer).
+    /// Store the channel's limit state. Answer `Saved` or `SaveFailed`.
     Save {
         /// Channel.
         channel: String,
@@ -224,8 +245,11 @@ struct Lease {
     name: String,
     state: State,
     /// Limit state changed since the last save.
+    /// Limit state changed since the last save was sent.
     dirty: bool,
-    last_save: Option<Millis>,
+    /// The earliest the next save may go (once a second; later after a failure; at once
+    /// when the channel has said [`UNSAVED_LINES`] lines no save holds).
+    next_save: Millis,
     /// The last owner seen other than us (a later acquisition is a takeover).
     other_owner_seen: bool,
     /// The last time the channel was known to have an owner, here or elsewhere (or when
@@ -235,6 +259,11 @@ struct Lease {
     /// the bucket answers again.
     backing_off: bool,
 }
+
+/// Most lines an owner says that no answered save holds: more wait in the outbox until
+/// a save is answered (one is sent at once). So a successor that could not see the room
+/// for a while misses at most this many lines of a crashed owner's.
+pub const UNSAVED_LINES: u32 = 3;
 
 /// What changed for a channel, for the engine to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,7 +418,7 @@ impl Leases {
                 name: name.clone(),
                 state: State::Standby { owner: None, next_try: now },
                 dirty: false,
-                last_save: None,
+                next_save: now,
                 other_owner_seen: false,
                 owner_at: now,
                 backing_off: false,
@@ -431,11 +460,15 @@ impl Leases {
         self.leases.len().div_ceil(self.live(now)) + 1
     }
 
-    /// Limit state of `channel` changed (a send, a firing): save it within a second.
-    pub fn mark_dirty(&mut self, channel: &str) {
+    /// Limit state of `channel` changed (a send, a firing): save it within a second, or
+    /// at once if `urgent` (the channel waits for a save to say more).
+    pub fn mark_dirty(&mut self, channel: &str, now: Millis, urgent: bool) {
         if let Some(l) = self.leases.get_mut(&key(channel)) {
             if matches!(l.state, State::Owned { .. }) {
                 l.dirty = true;
+                if urgent {
+                    l.next_save = l.next_save.min(now);
+                }
             }
         }
     }
@@ -456,7 +489,7 @@ impl Leases {
         let mut out = Vec::new();
         let (ttl, margin, renew) = (self.ttl, self.margin(), self.renew_every());
         let me = self.me.clone();
-        if !matches!(ev, LeaseEvent::Failed { .. } | LeaseEvent::Peer { .. }) {
+        if !matches!(ev, LeaseEvent::Failed { .. } | LeaseEvent::SaveFailed { .. } | LeaseEvent::Peer { .. }) {
             self.bucket_answered(now);
         }
         match ev {
@@ -487,7 +520,7 @@ impl Leases {
                         renewing: None,
                     };
                     l.dirty = false;
-                    l.last_save = None;
+                    l.next_save = now;
                     l.owner_at = now;
                     self.stats.acquired += 1;
                     if std::mem::take(&mut l.other_owner_seen) {
@@ -547,6 +580,18 @@ impl Leases {
                     State::Standby { .. } => {}
                 }
             }
+            // The channel counts its unsaved lines (the engine tells it).
+            LeaseEvent::Saved { .. } => {}
+            LeaseEvent::SaveFailed { channel } => {
+                self.stats.failing = self.stats.failing.saturating_add(1);
+                let wait = self.backoff(self.stats.failing);
+                let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
+                // Its changes still need saving: again after the backoff.
+                if matches!(l.state, State::Owned { .. }) {
+                    l.dirty = true;
+                    l.next_save = now.after(wait);
+                }
+            }
             LeaseEvent::Released { channel } => {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
                 if matches!(l.state, State::Releasing { .. }) {
@@ -554,18 +599,23 @@ impl Leases {
                     l.state = State::Standby { owner: None, next_try: now.after(ttl) };
                 }
             }
-            LeaseEvent::Seen { channel, owner } => {
+            LeaseEvent::Seen { channel, owner, revision, fresh } => {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
-                if owner != me {
+                // A write older than our own (a watch replaying or catching up) says
+                // nothing about now.
+                let stale = matches!(l.state, State::Owned { revision: ours, .. } if revision <= ours);
+                if owner != me && !stale {
                     l.other_owner_seen = true;
                     l.owner_at = now;
                     match &mut l.state {
                         State::Standby { owner: o, next_try } => {
                             *o = Some(owner);
                             // It cannot expire before `ttl` after this write.
-                            *next_try = (*next_try).max(now.after(ttl + Duration::from_millis(100)));
+                            if fresh {
+                                *next_try = (*next_try).max(now.after(ttl + Duration::from_millis(100)));
+                            }
                         }
-                        // Another instance wrote our key: we lost it.
+                        // Another instance wrote our key after us: we lost it.
                         State::Owned { .. } => {
                             self.stats.lost += 1;
                             l.state = State::Standby { owner: Some(owner), next_try: now.after(ttl) };
@@ -609,9 +659,9 @@ impl Leases {
                     *renewing = Some(now);
                     intents.push(Intent::Renew(l.name.clone(), *revision));
                 }
-                if l.dirty && l.last_save.is_none_or(|t| now >= t.after(Duration::from_secs(1))) {
+                if l.dirty && now >= l.next_save {
                     l.dirty = false;
-                    l.last_save = Some(now);
+                    l.next_save = now.after(Duration::from_secs(1));
                     intents.push(Intent::Save(l.name.clone()));
                 }
             } else if let State::Acquiring { sent } | State::Releasing { sent } = l.state {
@@ -716,7 +766,7 @@ impl Leases {
                         at(*next_renew);
                     }
                     if l.dirty {
-                        at(l.last_save.map_or(now, |t| t.after(Duration::from_secs(1))));
+                        at(l.next_save.max(now));
                     }
                 }
                 _ => {}

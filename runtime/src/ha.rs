@@ -114,6 +114,9 @@ pub struct Ha {
     replicas: usize,
     /// A watch quiet this long has stalled: two TTLs (owners rewrite keys 3× a TTL).
     watch_idle: Duration,
+    /// Longest a new watch may take to start (its consumer is made by the stream's
+    /// leader, which may be being elected): half a TTL, 0.5-5 s.
+    watch_setup: Duration,
 }
 
 /// How one bucket is made.
@@ -250,7 +253,8 @@ impl Reach {
         if let Some(since) = st.failing_since.take() {
             tracing::info!(bucket = %self.bucket, after = ?since.elapsed(), failures = st.failures, "ha: lease operations work again");
             st.failures = 0;
-            self.recovered.notify_one();
+            // Wakes the watch if it waits on an old consumer (one being made is new).
+            self.recovered.notify_waiters();
         }
     }
 
@@ -296,6 +300,7 @@ impl Ha {
             },
             replicas,
             watch_idle: cfg.lease_ttl * 2,
+            watch_setup: (cfg.lease_ttl / 2).clamp(Duration::from_millis(500), Duration::from_secs(5)),
         })
     }
 
@@ -327,17 +332,23 @@ impl Ha {
         let _ = tx.send(op);
     }
 
-    /// Forwards the lease bucket's changes (`Seen`, `Free`) until the daemon stops.
-    /// Watches again after an error, when the bucket answers again after failing (its
-    /// stream may have a new leader, and the old consumer with it), and when nothing
-    /// arrived for two TTLs (every owner rewrites its keys three times a TTL, so a quiet
-    /// watch is a stalled one).
+    /// Forwards the lease bucket's keys and changes (`Seen`, `Free`) until the daemon
+    /// stops. Every watch starts with the keys the bucket holds now (who owns what:
+    /// replayed as not `fresh`), then follows changes. Watches again after an error or
+    /// a setup that took longer than `watch_setup`, when the bucket answers again after
+    /// failing (its stream may have a new leader, and the old consumer with it), and
+    /// when nothing arrived for two TTLs (every owner rewrites its keys three times a
+    /// TTL, so a quiet watch is a stalled one).
     pub fn watch(&self, names: impl Fn(&str) -> Option<String> + Send + 'static) -> tokio::task::JoinHandle<()> {
         let (store, events, reach) = (self.leases.clone(), self.events.clone(), self.reach.clone());
-        let idle = self.watch_idle;
+        let (idle, setup) = (self.watch_idle, self.watch_setup);
         tokio::spawn(async move {
             loop {
-                let failed = match store.watch_all().await {
+                let started = match tokio::time::timeout(setup, store.watch_with_history(">")).await {
+                    Ok(started) => started.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no watch within {setup:?}")),
+                };
+                let failed = match started {
                     Ok(mut w) => loop {
                         let next = tokio::select! {
                             next = tokio::time::timeout(idle, w.next()) => next,
@@ -365,7 +376,7 @@ impl Ha {
                         }
                     },
                     Err(e) => {
-                        reach.failed("watch", None, &e.to_string());
+                        reach.failed("watch", None, &e);
                         true
                     }
                 };
@@ -386,7 +397,13 @@ fn watched(names: &impl Fn(&str) -> Option<String>, entry: &kv::Entry) -> Option
     Some(match entry.operation {
         kv::Operation::Put => {
             let value = serde_json::from_slice::<serde_json::Value>(&entry.value).ok()?;
-            LeaseEvent::Seen { channel, owner: value.get("instance")?.as_str()?.to_owned() }
+            LeaseEvent::Seen {
+                channel,
+                owner: value.get("instance")?.as_str()?.to_owned(),
+                revision: entry.revision,
+                // Replayed keys come before the watch is current.
+                fresh: entry.seen_current,
+            }
         }
         kv::Operation::Delete | kv::Operation::Purge => LeaseEvent::Free { channel },
     })
@@ -403,13 +420,13 @@ struct Worker {
 }
 
 /// The answer to an operation, or why the bucket gave none.
-type Outcome = Result<Option<LeaseEvent>, String>;
+type Outcome = Result<LeaseEvent, String>;
 
 impl Worker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<LeaseOp>) {
         while let Some(op) = rx.recv().await {
             let (channel, kind) = (op.channel().to_owned(), op.kind());
-            let answers = !matches!(op, LeaseOp::Save { .. });
+            let saving = matches!(op, LeaseOp::Save { .. });
             let outcome = tokio::time::timeout(self.timeout, self.perform(op))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
@@ -420,20 +437,21 @@ impl Worker {
                 }
                 Err(reason) => {
                     self.reach.failed(kind, Some(&channel), &reason);
-                    answers.then_some(LeaseEvent::Failed { channel })
+                    if saving {
+                        LeaseEvent::SaveFailed { channel }
+                    } else {
+                        LeaseEvent::Failed { channel }
+                    }
                 }
             };
-            if let Some(ev) = answer {
-                if self.events.send(ev).is_err() {
-                    return;
-                }
+            if self.events.send(answer).is_err() {
+                return;
             }
         }
     }
 
     fn value(&self) -> bytes::Bytes {
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        json!({"instance": self.instance, "at": at}).to_string().into()
+        json!({"instance": self.instance, "at": crate::daemon::wall_clock().0}).to_string().into()
     }
 
     async fn save(&self, key: &str, state: &LimitSnapshot) -> Result<(), String> {
@@ -441,43 +459,56 @@ impl Worker {
         self.state.put(key, body.into()).await.map(drop).map_err(|e| format!("saving the limit state: {e}"))
     }
 
+    /// Reads the limit state a new owner starts from and marks it taken (see
+    /// [`LeaseOp::Acquire`]): stored again unreleased, or empty at now if there is none.
+    async fn take_state(&self, key: &str) -> Result<Option<LimitSnapshot>, String> {
+        let body = self.state.get(key).await.map_err(|e| format!("reading the limit state: {e}"))?;
+        let state: Option<LimitSnapshot> = body.and_then(|b| serde_json::from_slice(&b).ok());
+        let taken = match &state {
+            Some(s) if !s.released => None,
+            Some(s) => Some(LimitSnapshot { released: false, ..s.clone() }),
+            None => Some(LimitSnapshot { at: crate::daemon::wall_clock().0, ..LimitSnapshot::default() }),
+        };
+        if let Some(t) = taken {
+            self.save(key, &t).await?;
+        }
+        Ok(state)
+    }
+
     async fn perform(&self, op: LeaseOp) -> Outcome {
         match op {
             LeaseOp::Acquire { channel } => {
                 let key = lease_key(&channel);
                 match self.leases.create(&key, self.value()).await {
-                    Ok(revision) => match self.state.get(&key).await {
-                        Ok(body) => {
-                            let state = body.and_then(|b| serde_json::from_slice(&b).ok());
-                            Ok(Some(LeaseEvent::Acquired { channel, revision, state }))
-                        }
+                    Ok(revision) => match self.take_state(&key).await {
+                        Ok(state) => Ok(LeaseEvent::Acquired { channel, revision, state }),
                         // Speaking without the previous owner's limits could exceed them:
                         // give the key back (or let it expire) and try again later.
                         Err(e) => {
                             let _ = self.leases.delete_expect_revision(&key, Some(revision)).await;
-                            Err(format!("reading the limit state: {e}"))
+                            Err(e)
                         }
                     },
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Some(LeaseEvent::Taken { channel })),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(LeaseEvent::Taken { channel }),
                     Err(e) => Err(e.to_string()),
                 }
             }
             LeaseOp::Renew { channel, revision } => {
                 match self.leases.update(lease_key(&channel), self.value(), revision).await {
-                    Ok(revision) => Ok(Some(LeaseEvent::Renewed { channel, revision })),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                        Ok(Some(LeaseEvent::Taken { channel }))
-                    }
+                    Ok(revision) => Ok(LeaseEvent::Renewed { channel, revision }),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(LeaseEvent::Taken { channel }),
                     Err(e) => Err(e.to_string()),
                 }
             }
-            LeaseOp::Save { channel, state } => self.save(&lease_key(&channel), &state).await.map(|()| None),
+            LeaseOp::Save { channel, state } => {
+                self.save(&lease_key(&channel), &state).await.map(|()| LeaseEvent::Saved { channel })
+            }
             LeaseOp::Release { channel, revision, state } => {
                 let key = lease_key(&channel);
                 // The state first: the next owner may create the key the moment it is gone.
                 self.save(&key, &state).await?;
                 self.leases.delete_expect_revision(&key, Some(revision)).await.map_err(|e| e.to_string())?;
-                Ok(Some(LeaseEvent::Released { channel }))
+                Ok(LeaseEvent::Released { channel })
             }
         }
     }

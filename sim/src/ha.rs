@@ -7,6 +7,9 @@
 //! with revisions, compare-and-set, and keys that vanish `lease_ttl` after their last
 //! write by the *server's* clock, without a watch notification (as JetStream's `max_age`
 //! does). Everything an instance publishes is echoed into the room, as CyTube does.
+//! The bucket itself can be unavailable for a while (its stream electing a leader after
+//! a node died): operations fail without being applied, the watch delivers nothing, and
+//! an operation applied just before may lose its answer.
 //!
 //! [`run`] returns every reply published, so properties can check that no event is
 //! answered by two instances and that per-channel limits hold across takeovers.
@@ -52,6 +55,11 @@ pub struct ClusterPlan {
     pub duration_ms: u64,
     /// Seed of every random choice (delays, latencies) and of the engines.
     pub seed: u64,
+    /// The lease bucket has no leader during `[from, to)` (ms): every operation fails
+    /// unapplied, at once or after the client's timeout; watch notifications that would
+    /// arrive meanwhile are lost (a watch made anew starts from new changes); an
+    /// operation applied in the last hop before is applied but its answer is lost.
+    pub bucket_outages: Vec<(u64, u64)>,
 }
 
 /// A message an instance published.
@@ -113,6 +121,8 @@ enum Msg {
         i: usize,
         up: bool,
     },
+    /// The bucket has a leader again: every watch is made anew and replays the keys.
+    Rewatch,
 }
 
 struct Node {
@@ -150,6 +160,7 @@ impl Node {
 struct Lease {
     revision: u64,
     written: u64,
+    owner: String,
 }
 
 /// Runs the plan; `config` must have `ha.enabled`.
@@ -214,6 +225,9 @@ impl<'a> World<'a> {
                 w.at(T0 + from, Msg::Link { i, up: false });
                 w.at(T0 + to, Msg::Link { i, up: true });
             }
+        }
+        for &(_, to) in &plan.bucket_outages {
+            w.at(T0 + to, Msg::Rewatch);
         }
         for (t, channel, cid) in &plan.mentions {
             let body = json!({"event_name": "chatMsg", "channel": channel, "correlation_id": cid,
@@ -323,16 +337,44 @@ impl<'a> World<'a> {
                     self.step(i, Input::Connection { up });
                 }
             }
+            Msg::Rewatch => {
+                let (now, ttl) = (self.now, self.ttl());
+                let replay: Vec<LeaseEvent> = self
+                    .leases
+                    .iter()
+                    .filter(|(_, l)| now < l.written + ttl)
+                    .map(|(channel, l)| LeaseEvent::Seen {
+                        channel: channel.clone(),
+                        owner: l.owner.clone(),
+                        revision: l.revision,
+                        fresh: false,
+                    })
+                    .collect();
+                for ev in replay {
+                    self.broadcast(None, ev);
+                }
+            }
         }
     }
 
+    /// Whether the lease bucket has no leader at real time `t`.
+    fn bucket_down(&self, t: u64) -> bool {
+        self.plan.bucket_outages.iter().any(|&(f, to)| (T0 + f..T0 + to).contains(&t))
+    }
+
     /// Sends `ev` to every running, connected instance but `except`, over the network.
+    /// A watch notification (`Seen`, `Free`) that would arrive while the bucket has no
+    /// leader is lost.
     fn broadcast(&mut self, except: Option<usize>, ev: LeaseEvent) {
+        let watched = matches!(ev, LeaseEvent::Seen { .. } | LeaseEvent::Free { .. });
         for j in 0..self.nodes.len() {
             if Some(j) == except || self.nodes[j].engine.is_none() {
                 continue;
             }
             let d = HOP_MS + self.rand(20);
+            if watched && self.bucket_down(self.now + d) {
+                continue;
+            }
             let g = self.nodes[j].generation;
             self.at(self.now + d, Msg::Deliver { i: j, g, input: Input::Lease(ev.clone()), net: true });
         }
@@ -344,16 +386,31 @@ impl<'a> World<'a> {
         let live = |l: &Lease| now < l.written + ttl;
         let key = |c: &str| c.to_lowercase();
         let owner = self.nodes[i].id.clone();
+        if self.bucket_down(now) {
+            // No leader: nothing is applied; the client hears "no responders" at once or
+            // gives up after its timeout.
+            let when = if self.rand(1) == 0 { now + HOP_MS } else { now + ttl / 4 };
+            self.at(when, Msg::Deliver { i, g, input: Input::Lease(op_failed(&op)), net: false });
+            return;
+        }
         let (answer, notify) = match op {
             LeaseOp::Acquire { channel } => {
                 if self.leases.get(&key(&channel)).is_some_and(live) {
                     (Some(LeaseEvent::Taken { channel }), None)
                 } else {
                     self.revision += 1;
-                    self.leases.insert(key(&channel), Lease { revision: self.revision, written: now });
+                    self.leases
+                        .insert(key(&channel), Lease { revision: self.revision, written: now, owner: owner.clone() });
                     self.trace.acquisitions.push((now - T0, owner.clone(), channel.clone()));
                     let state = self.state.get(&key(&channel)).cloned();
-                    let seen = LeaseEvent::Seen { channel: channel.clone(), owner };
+                    // A new ownership begins: the state says so (see LeaseOp::Acquire).
+                    let at = self.nodes[i].local(now).0;
+                    let taken = state.clone().map_or(LimitSnapshot { at, ..LimitSnapshot::default() }, |s| {
+                        LimitSnapshot { released: false, ..s }
+                    });
+                    self.state.insert(key(&channel), taken);
+                    let seen =
+                        LeaseEvent::Seen { channel: channel.clone(), owner, revision: self.revision, fresh: true };
                     (Some(LeaseEvent::Acquired { channel, revision: self.revision, state }), Some(seen))
                 }
             }
@@ -362,14 +419,15 @@ impl<'a> World<'a> {
                     self.revision += 1;
                     l.revision = self.revision;
                     l.written = now;
-                    let seen = LeaseEvent::Seen { channel: channel.clone(), owner };
+                    let seen =
+                        LeaseEvent::Seen { channel: channel.clone(), owner, revision: self.revision, fresh: true };
                     (Some(LeaseEvent::Renewed { channel, revision: self.revision }), Some(seen))
                 }
                 _ => (Some(LeaseEvent::Taken { channel }), None),
             },
             LeaseOp::Save { channel, state } => {
                 self.state.insert(key(&channel), state);
-                (None, None)
+                (Some(LeaseEvent::Saved { channel }), None)
             }
             LeaseOp::Release { channel, revision, state } => {
                 self.state.insert(key(&channel), state);
@@ -387,8 +445,10 @@ impl<'a> World<'a> {
         }
         if let Some(ev) = answer {
             // The answer is lost if the link is down when it arrives: the client times out.
+            // So is one whose leader dies before it is sent.
             let back = self.now + HOP_MS;
-            let cut = self.nodes[i].plan.partitions.iter().any(|&(f, t)| (T0 + f..T0 + t).contains(&back));
+            let cut = self.nodes[i].plan.partitions.iter().any(|&(f, t)| (T0 + f..T0 + t).contains(&back))
+                || self.bucket_down(back);
             let (when, ev) = if cut { (self.now + ttl / 4, failed(ev)) } else { (back, ev) };
             self.at(when, Msg::Deliver { i, g, input: Input::Lease(ev), net: false });
         }
@@ -439,9 +499,9 @@ impl<'a> World<'a> {
                 Effect::Lease(op) => {
                     if self.nodes[i].connected {
                         self.at(self.now + HOP_MS, Msg::Kv { i, g, op });
-                    } else if let Some(ev) = op_failed(&op) {
+                    } else {
                         let when = self.now + self.ttl() / 4;
-                        self.at(when, Msg::Deliver { i, g, input: Input::Lease(ev), net: false });
+                        self.at(when, Msg::Deliver { i, g, input: Input::Lease(op_failed(&op)), net: false });
                     }
                 }
                 Effect::ShutdownComplete => {
@@ -467,9 +527,13 @@ impl<'a> World<'a> {
     }
 }
 
-/// The `Failed` answer to an operation (none for `Save`, which has no answer).
-fn op_failed(op: &LeaseOp) -> Option<LeaseEvent> {
-    (!matches!(op, LeaseOp::Save { .. })).then(|| LeaseEvent::Failed { channel: op.channel().to_owned() })
+/// The answer to an operation that did not complete.
+fn op_failed(op: &LeaseOp) -> LeaseEvent {
+    let channel = op.channel().to_owned();
+    match op {
+        LeaseOp::Save { .. } => LeaseEvent::SaveFailed { channel },
+        _ => LeaseEvent::Failed { channel },
+    }
 }
 
 fn failed(ev: LeaseEvent) -> LeaseEvent {
@@ -478,6 +542,7 @@ fn failed(ev: LeaseEvent) -> LeaseEvent {
         | LeaseEvent::Renewed { channel, .. }
         | LeaseEvent::Taken { channel }
         | LeaseEvent::Released { channel } => LeaseEvent::Failed { channel },
+        LeaseEvent::Saved { channel } => LeaseEvent::SaveFailed { channel },
         other => other,
     }
 }

@@ -1,5 +1,6 @@
 //! Leases under adversity: many instances with skewed clocks, partitions, crashes,
-//! restarts and graceful stops share three channels through the simulated lease bucket.
+//! restarts, graceful stops and a lease bucket that loses its leader for a while share
+//! three channels through the simulated lease bucket.
 //! Whatever happens, no event is answered by two instances, and the per-channel limit
 //! holds across every takeover.
 
@@ -58,8 +59,10 @@ fn plan() -> impl Strategy<Value = ClusterPlan> {
         0u64..=60,
         0u64..=3_000,
         any::<u64>(),
+        // The bucket's stream electing a leader (a node died): 0.5-12 s without one.
+        prop::collection::vec((0u64..90_000, 500u64..12_000), 0..3),
     )
-        .prop_map(|(instances, mentions, skew, llm, seed)| ClusterPlan {
+        .prop_map(|(instances, mentions, skew, llm, seed, outages)| ClusterPlan {
             instances,
             mentions: mentions
                 .into_iter()
@@ -70,6 +73,7 @@ fn plan() -> impl Strategy<Value = ClusterPlan> {
             max_llm_latency_ms: llm,
             duration_ms: 120_000,
             seed,
+            bucket_outages: outages.into_iter().map(|(from, len)| (from, from + len)).collect(),
         })
 }
 
@@ -121,6 +125,7 @@ fn a_calm_cluster_answers_every_mention_once_and_a_crash_is_taken_over() {
         max_llm_latency_ms: 500,
         duration_ms: 100_000,
         seed: 7,
+        bucket_outages: Vec::new(),
     };
     let trace = run(&config(), &plan);
     let answered: BTreeSet<&str> = trace.published.iter().filter_map(|p| p.correlation_id.as_deref()).collect();
@@ -142,4 +147,35 @@ fn a_calm_cluster_answers_every_mention_once_and_a_crash_is_taken_over() {
     assert!(spread.len() >= 2, "the channels spread over the instances: {:?}", trace.acquisitions);
     let takeovers = trace.acquisitions.iter().filter(|(t, _, _)| *t > 20_000).count();
     assert!(takeovers >= 1, "the crashed instance's channels were taken over: {:?}", trace.acquisitions);
+}
+
+#[test]
+fn a_bucket_without_a_leader_silences_every_owner_within_a_ttl_and_they_answer_again_when_it_returns() {
+    let plan = ClusterPlan {
+        instances: vec![
+            InstancePlan::default(),
+            InstancePlan { clock_offset_ms: 250, rate_ppm: 5_000, start_at: 500, ..Default::default() },
+            InstancePlan { clock_offset_ms: -250, rate_ppm: -5_000, start_at: 1_000, ..Default::default() },
+        ],
+        mentions: (0..30).map(|n| (5_000 + n * 3_000, CHANNELS[n as usize % 3].to_string(), format!("m{n}"))).collect(),
+        max_delivery_skew_ms: 20,
+        max_llm_latency_ms: 500,
+        duration_ms: 100_000,
+        seed: 11,
+        // A 7 s election from 20 s on (measured on a 3-node cluster: 5-6 s).
+        bucket_outages: vec![(20_000, 27_000)],
+    };
+    let trace = run(&config(), &plan);
+    // Nobody can renew: every owner is silent from one TTL (5 s) into the outage ...
+    let during: Vec<_> = trace.published.iter().filter(|p| (25_000..27_000).contains(&p.at)).collect();
+    assert!(during.is_empty(), "spoke without a lease the bucket could confirm: {during:?}");
+    // ... and every mention from a second after the bucket answers again is answered.
+    let answered: BTreeSet<&str> = trace.published.iter().filter_map(|p| p.correlation_id.as_deref()).collect();
+    let missed: Vec<u64> =
+        (0..30u64).filter(|n| !answered.contains(format!("m{n}").as_str())).map(|n| 5_000 + n * 3_000).collect();
+    assert!(!missed.is_empty(), "the outage silenced the room for a while");
+    assert!(missed.iter().all(|at| (20_000..=28_000).contains(at)), "missed outside the outage: {missed:?}");
+    assert_eq!(trace.published.len(), answered.len(), "no event answered twice");
+    let after = trace.acquisitions.iter().filter(|(t, _, _)| *t >= 27_000).count();
+    assert_eq!(after, 3, "all three channels acquired again after the outage: {:?}", trace.acquisitions);
 }

@@ -69,7 +69,8 @@ impl NatsCluster {
         self.nodes[i].child = Some(child);
     }
 
-    /// Waits until every running node answers JetStream API requests.
+    /// Waits until every running node answers JetStream API requests and the cluster can
+    /// place a stream on all of them.
     pub async fn wait_for_jetstream(&self, within: Duration) {
         let deadline = Instant::now() + within;
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
@@ -85,6 +86,29 @@ impl NatsCluster {
                 assert!(Instant::now() < deadline, "JetStream on {} did not become ready within {within:?}", node.name);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+        // Answering is not enough: the metadata leader must know every running node as a
+        // peer before it can place a stream with that many replicas.
+        let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+        let js = async_nats::jetstream::new(self.client().await);
+        let probe = async_nats::jetstream::stream::Config {
+            name: "TESTKIT_PLACEMENT".into(),
+            subjects: vec!["testkit.placement".into()],
+            num_replicas: running,
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        loop {
+            let made = tokio::time::timeout(Duration::from_secs(2), js.create_stream(probe.clone())).await;
+            if let Ok(Ok(_)) = made {
+                let _ = js.delete_stream("TESTKIT_PLACEMENT").await;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster could not place an R{running} stream within {within:?}: {made:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -121,6 +145,12 @@ impl NatsCluster {
             .connect(&urls[..])
             .await
             .expect("test client connects")
+    }
+
+    /// A client of node `i` alone (so it sees exactly what that node does while others
+    /// die).
+    pub async fn client_at(&self, i: usize) -> async_nats::Client {
+        async_nats::connect(self.url(i)).await.expect("test client connects")
     }
 
     /// Kills node `i` (SIGKILL: no goodbye to its routes or clients).

@@ -13,7 +13,7 @@ use super::limits::Marks;
 use super::seen::Seen;
 use super::users::Users;
 use crate::config::{LimitsConfig, WindowConfig};
-use crate::lease::{LimitSnapshot, UserLimits, SNAPSHOT_USERS};
+use crate::lease::{LimitSnapshot, UserLimits, SNAPSHOT_USERS, UNSAVED_LINES};
 use crate::limit::SlidingWindow;
 use crate::time::Millis;
 use crate::trigger::Trigger;
@@ -35,6 +35,13 @@ pub(super) struct Handover {
     /// The bot's recent lines in this channel, sent here or seen echoed while another
     /// instance held the lease: (time, text fingerprint), bounded by `SENT_LOG`.
     sent_log: VecDeque<(Millis, u64)>,
+    /// This instance holds the channel's lease (`ha`): its lines are counted until a
+    /// save holds them.
+    leased: bool,
+    /// Lines said that no answered save holds.
+    unsaved: u32,
+    /// Saves sent and not answered yet: how many of `unsaved` each one holds.
+    saving: VecDeque<u32>,
 }
 
 impl Handover {
@@ -46,6 +53,50 @@ impl Handover {
     /// Limit state changed since the last call.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// The lease was gained or lost: nothing unsaved of ours from now on.
+    pub fn set_leased(&mut self, leased: bool) {
+        self.leased = leased;
+        self.unsaved = 0;
+        self.saving.clear();
+    }
+
+    /// Whether another line may be said now: not while [`UNSAVED_LINES`] lines no save
+    /// holds are out.
+    pub fn may_say(&self) -> bool {
+        !self.leased || self.unsaved < UNSAVED_LINES
+    }
+
+    /// A line was said (it counts against the channel's limits).
+    pub fn said(&mut self) {
+        if self.leased {
+            self.unsaved += 1;
+        }
+        self.dirty = true;
+    }
+
+    /// Whether the next save should go at once (the channel waits for it to say more).
+    pub fn save_urgent(&self) -> bool {
+        !self.may_say()
+    }
+
+    /// A save of the state as it is now goes out.
+    pub fn saving(&mut self) {
+        if self.leased {
+            self.saving.push_back(self.unsaved);
+        }
+    }
+
+    /// The oldest save out was answered: `ok` if it stored the state.
+    pub fn saved(&mut self, ok: bool) {
+        let Some(held) = self.saving.pop_front() else { return };
+        if ok {
+            self.unsaved -= held.min(self.unsaved);
+            for s in &mut self.saving {
+                *s -= held.min(*s);
+            }
+        }
     }
 
     /// The event `correlation_id` was answered.
@@ -165,8 +216,10 @@ impl Handover {
     }
 }
 
-/// A successor that may have missed echoes in the second after a crashed owner's last
-/// save (`at`): it assumes the most that owner could have sent in that second.
+/// A successor that could not see the room at some time after a crashed owner's last
+/// save, the latest such time being `at`: the owner may have said there what it did not
+/// save, which is at most [`UNSAVED_LINES`] lines. It assumes the most the owner could
+/// have sent, as late as it could have gone unseen.
 pub(super) fn assume_unseen_sends(
     marks: &mut Marks,
     last_send: &mut Option<Millis>,
@@ -174,12 +227,9 @@ pub(super) fn assume_unseen_sends(
     lim: &LimitsConfig,
     now: Millis,
 ) {
-    let at = at.after(Duration::from_secs(1));
     let used = marks.window.count(now.max(at), lim.per_channel.window) as u64;
     let room = u64::from(lim.per_channel.max).saturating_sub(used);
-    let spacing = lim.send_spacing.as_millis() as u64;
-    let possible = 1_000u64.checked_div(spacing).map_or(room, |n| room.min(1 + n));
-    for _ in 0..possible {
+    for _ in 0..room.min(u64::from(UNSAVED_LINES)) {
         marks.window.record(at, lim.per_channel);
     }
     *last_send = (*last_send).max(Some(at));

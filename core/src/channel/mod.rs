@@ -1141,6 +1141,10 @@ impl Channel {
             return;
         }
         loop {
+            // `ha`: too many lines no save holds yet; the next save's answer flushes.
+            if !self.handover.may_say() {
+                return;
+            }
             let out = match self.outbox.next_ready(env.now, self.cfg.limits.send_spacing) {
                 Ok(out) => out,
                 Err(NotReady::Until(at)) => return env.timers.arm(TimerKey::SendSpacing(self.slot), at),
@@ -1164,6 +1168,7 @@ impl Channel {
                     self.handover.answered(c);
                 }
                 self.handover.log_sent(env.now, out.command.kind.text());
+                self.handover.said();
             }
             env.out.push_back(Effect::Publish(out.command));
             self.decide(env, cid.as_deref(), user.as_deref(), Some(out.trigger), Outcome::Sent, out.reason);
@@ -1190,6 +1195,7 @@ impl Channel {
     /// when they arrive.
     pub fn lose_lease(&mut self, env: &mut Env) {
         self.owner = false;
+        self.handover.set_leased(false);
         env.timers.disarm(TimerKey::SendSpacing(self.slot));
         self.drop_queued(env, Reason::NotOwner);
     }
@@ -1197,26 +1203,43 @@ impl Channel {
     /// This instance now holds the lease: merge the previous owner's saved limits into
     /// what this instance observed (its own lines echoed by the channel), then speak.
     ///
-    /// `blind`: this instance may have missed echoes around the time of the saved state
-    /// (it was starting or cut off). An owner saves within a second of any change, so
-    /// what a crashed owner did not save it sent within a second after `state.at`: then
-    /// count the most it could have sent in that second.
-    pub fn gain_lease(&mut self, env: &mut Env, state: Option<LimitSnapshot>, blind: bool) {
+    /// `unseen`: the latest time since the saved state at which this instance could not
+    /// see the room (it was not running yet, or NATS was down), if any. What a crashed
+    /// owner did not save it may have said then: count the most it could have.
+    pub fn gain_lease(&mut self, env: &mut Env, state: Option<LimitSnapshot>, unseen: Option<Millis>) {
         if let Some(s) = state {
             let lim = &self.cfg.limits;
             let last_send = &mut self.outbox.last_send;
             self.handover.restore(&s, &mut self.marks, last_send, &mut self.users, &mut self.seen, lim);
-            if blind && !s.released {
-                handover::assume_unseen_sends(&mut self.marks, last_send, Millis(s.at), lim, env.now);
+            if let Some(at) = unseen.filter(|_| !s.released) {
+                handover::assume_unseen_sends(&mut self.marks, last_send, at, lim, env.now);
             }
         }
         self.owner = true;
+        self.handover.set_leased(true);
         self.flush(env);
     }
 
     /// The limit state a new owner needs. Replies in flight count as sent now.
     pub fn snapshot(&mut self, now: Millis) -> LimitSnapshot {
         self.handover.snapshot(&mut self.marks, self.outbox.last_send, &mut self.users, &self.cfg.limits, now)
+    }
+
+    /// The snapshot a `Save` carries (its answer comes to [`Channel::saved`]).
+    pub fn snapshot_to_save(&mut self, now: Millis) -> LimitSnapshot {
+        self.handover.saving();
+        self.snapshot(now)
+    }
+
+    /// The oldest save out was answered (`ok`: stored): lines waiting for it may go.
+    pub fn saved(&mut self, env: &mut Env, ok: bool) {
+        self.handover.saved(ok);
+        self.flush(env);
+    }
+
+    /// Whether the next save should go at once: lines wait for it.
+    pub fn save_urgent(&self) -> bool {
+        self.handover.save_urgent()
     }
 
     /// The channel is being removed: abandon everything it was doing.

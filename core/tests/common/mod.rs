@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use chatbot_core::{
-    Command, CommandKind, Config, Decision, Effect, Engine, Input, LlmCall, LlmError, LlmReply, Millis,
+    Command, CommandKind, Config, Decision, Effect, Engine, Input, LeaseEvent, LeaseOp, LlmCall, LlmError, LlmReply,
+    Millis,
 };
 use chatbot_core::{Outcome, Reason};
 
@@ -29,6 +30,9 @@ pub struct Bot {
     pub now: u64,
     pub effects: Vec<Effect>,
     seq: u64,
+    /// Lease state saves (`ha`) are answered `Saved` at once, as a healthy bucket does;
+    /// false leaves them unanswered, for the test to answer.
+    pub answer_saves: bool,
 }
 
 pub fn chat_body(channel: &str, user: &str, text: &str, time: u64, id: &str) -> Vec<u8> {
@@ -47,25 +51,56 @@ impl Bot {
     }
 
     pub fn with_seed(extra: &str, seed: u64) -> Bot {
-        Bot { engine: Engine::new(config(extra), seed, Millis(T0)), now: T0, effects: Vec::new(), seq: 0 }
+        Bot {
+            engine: Engine::new(config(extra), seed, Millis(T0)),
+            now: T0,
+            effects: Vec::new(),
+            seq: 0,
+            answer_saves: true,
+        }
     }
 
     /// A bot from a complete config (not layered on `BASE`).
     pub fn from_yaml(yaml: &str) -> Bot {
         let cfg = Config::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
-        Bot { engine: Engine::new(cfg, 1, Millis(T0)), now: T0, effects: Vec::new(), seq: 0 }
+        Bot { engine: Engine::new(cfg, 1, Millis(T0)), now: T0, effects: Vec::new(), seq: 0, answer_saves: true }
     }
 
-    /// Advances time by `ms` (firing timers) and collects effects.
+    /// Advances time by `ms`, firing each timer at its time (as the daemon's loop does),
+    /// and collects effects.
     pub fn wait(&mut self, ms: u64) {
-        self.now += ms;
+        let until = self.now + ms;
+        // Bounded: a timer that keeps re-arming in the past still moves time on.
+        for _ in 0..100_000 {
+            match self.engine.poll_timeout() {
+                Some(t) if t.0 < until => {
+                    self.now = self.now.max(t.0);
+                    self.input(Input::Tick);
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
         self.input(Input::Tick);
     }
 
     pub fn input(&mut self, input: Input) {
         self.engine.handle(Millis(self.now), input);
+        let mut saved = Vec::new();
         while let Some(e) = self.engine.poll_effect() {
+            if let Effect::Lease(LeaseOp::Save { channel, .. }) = &e {
+                saved.push(channel.clone());
+            }
             self.effects.push(e);
+        }
+        if self.answer_saves {
+            for channel in saved {
+                self.input(Input::Lease(LeaseEvent::Saved { channel }));
+            }
+        }
+        // Timers due now fire now, as the daemon's loop does.
+        if self.engine.poll_timeout().is_some_and(|t| t.0 <= self.now) {
+            self.input(Input::Tick);
         }
     }
 
