@@ -511,13 +511,9 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
     for bot in &bots {
         wait_until_ok(bot, Duration::from_secs(5)).await;
     }
-
     // The node comes back: it catches up, and still one voice.
     cluster.restart(k);
-    cluster.wait_for_jetstream(Duration::from_secs(20)).await;
-    buckets_replicated(&client, 3, Duration::from_secs(20)).await;
-    settled(&ids, 6, Duration::from_secs(10)).await;
-    assert_one_voice(&mention_all(&client, &mut commands, &names, "c2", Duration::from_secs(2)).await);
+    back_to_one_voice(&cluster, &client, &mut commands, &ids, &names, "c2").await;
 
     // 2. The node an instance is connected to dies (one leading neither bucket, if any).
     let leaders = [
@@ -563,10 +559,7 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
         wait_until_ok(bot, Duration::from_secs(5)).await;
     }
     cluster.restart(v);
-    cluster.wait_for_jetstream(Duration::from_secs(20)).await;
-    buckets_replicated(&client, 3, Duration::from_secs(20)).await;
-    settled(&ids, 6, Duration::from_secs(10)).await;
-    assert_one_voice(&mention_all(&client, &mut commands, &names, "c3", Duration::from_secs(2)).await);
+    back_to_one_voice(&cluster, &client, &mut commands, &ids, &names, "c3").await;
 
     // 3. Two of three nodes die: JetStream has no quorum, no lease can be renewed, and
     // every owner falls silent within the TTL (ttl - ttl/5 after its last renewal).
@@ -615,6 +608,22 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
     cluster.wait_for_jetstream(Duration::from_secs(20)).await;
     settled(&ids, 6, Duration::from_secs(10)).await;
     assert_one_voice(&mention_all(&client, &mut commands, &names, "c4", Duration::from_secs(2)).await);
+}
+
+/// After a node restarted: JetStream is whole again, every channel is held, and a
+/// mention of each is answered exactly once.
+async fn back_to_one_voice(
+    cluster: &NatsCluster,
+    client: &async_nats::Client,
+    commands: &mut Commands,
+    ids: &[(&str, &Bot)],
+    names: &[String],
+    tag: &str,
+) {
+    cluster.wait_for_jetstream(Duration::from_secs(20)).await;
+    buckets_replicated(client, 3, Duration::from_secs(20)).await;
+    settled(ids, names.len(), Duration::from_secs(10)).await;
+    assert_one_voice(&mention_all(client, commands, names, tag, Duration::from_secs(2)).await);
 }
 
 /// A client (and its command subscription) on a node other than `avoid`: the probe's

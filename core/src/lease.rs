@@ -146,6 +146,15 @@ impl LeaseOp {
         }
     }
 
+    /// The answer when it did not complete: `SaveFailed` for a `Save`, else `Failed`.
+    pub fn failed(&self) -> LeaseEvent {
+        let channel = self.channel().to_owned();
+        match self {
+            LeaseOp::Save { .. } => LeaseEvent::SaveFailed { channel },
+            _ => LeaseEvent::Failed { channel },
+        }
+    }
+
     /// The channel it is about.
     pub fn channel(&self) -> &str {
         match self {
@@ -193,6 +202,19 @@ pub struct LimitSnapshot {
     /// that may have gone on sending for up to a second before it crashed or was cut off.
     #[serde(default)]
     pub released: bool,
+}
+
+impl LimitSnapshot {
+    /// What an `Acquire` stores to mark the state `read` taken (see [`LeaseOp::Acquire`]):
+    /// the same, no longer released; empty at `now` if there was none; nothing to store
+    /// if it is already unreleased.
+    pub fn taken(read: Option<&LimitSnapshot>, now: u64) -> Option<LimitSnapshot> {
+        match read {
+            Some(s) if !s.released => None,
+            Some(s) => Some(LimitSnapshot { released: false, ..s.clone() }),
+            None => Some(LimitSnapshot { at: now, ..LimitSnapshot::default() }),
+        }
+    }
 }
 
 /// A fingerprint of a line's text (FNV-1a: the same in every build of every instance).

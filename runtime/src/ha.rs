@@ -425,8 +425,7 @@ type Outcome = Result<LeaseEvent, String>;
 impl Worker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<LeaseOp>) {
         while let Some(op) = rx.recv().await {
-            let (channel, kind) = (op.channel().to_owned(), op.kind());
-            let saving = matches!(op, LeaseOp::Save { .. });
+            let (channel, kind, failed) = (op.channel().to_owned(), op.kind(), op.failed());
             let outcome = tokio::time::timeout(self.timeout, self.perform(op))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
@@ -437,11 +436,7 @@ impl Worker {
                 }
                 Err(reason) => {
                     self.reach.failed(kind, Some(&channel), &reason);
-                    if saving {
-                        LeaseEvent::SaveFailed { channel }
-                    } else {
-                        LeaseEvent::Failed { channel }
-                    }
+                    failed
                 }
             };
             if self.events.send(answer).is_err() {
@@ -464,12 +459,7 @@ impl Worker {
     async fn take_state(&self, key: &str) -> Result<Option<LimitSnapshot>, String> {
         let body = self.state.get(key).await.map_err(|e| format!("reading the limit state: {e}"))?;
         let state: Option<LimitSnapshot> = body.and_then(|b| serde_json::from_slice(&b).ok());
-        let taken = match &state {
-            Some(s) if !s.released => None,
-            Some(s) => Some(LimitSnapshot { released: false, ..s.clone() }),
-            None => Some(LimitSnapshot { at: crate::daemon::wall_clock().0, ..LimitSnapshot::default() }),
-        };
-        if let Some(t) = taken {
+        if let Some(t) = LimitSnapshot::taken(state.as_ref(), crate::daemon::wall_clock().0) {
             self.save(key, &t).await?;
         }
         Ok(state)

@@ -390,7 +390,7 @@ impl<'a> World<'a> {
             // No leader: nothing is applied; the client hears "no responders" at once or
             // gives up after its timeout.
             let when = if self.rand(1) == 0 { now + HOP_MS } else { now + ttl / 4 };
-            self.at(when, Msg::Deliver { i, g, input: Input::Lease(op_failed(&op)), net: false });
+            self.at(when, Msg::Deliver { i, g, input: Input::Lease(op.failed()), net: false });
             return;
         }
         let (answer, notify) = match op {
@@ -405,10 +405,9 @@ impl<'a> World<'a> {
                     let state = self.state.get(&key(&channel)).cloned();
                     // A new ownership begins: the state says so (see LeaseOp::Acquire).
                     let at = self.nodes[i].local(now).0;
-                    let taken = state.clone().map_or(LimitSnapshot { at, ..LimitSnapshot::default() }, |s| {
-                        LimitSnapshot { released: false, ..s }
-                    });
-                    self.state.insert(key(&channel), taken);
+                    if let Some(taken) = LimitSnapshot::taken(state.as_ref(), at) {
+                        self.state.insert(key(&channel), taken);
+                    }
                     let seen =
                         LeaseEvent::Seen { channel: channel.clone(), owner, revision: self.revision, fresh: true };
                     (Some(LeaseEvent::Acquired { channel, revision: self.revision, state }), Some(seen))
@@ -501,7 +500,7 @@ impl<'a> World<'a> {
                         self.at(self.now + HOP_MS, Msg::Kv { i, g, op });
                     } else {
                         let when = self.now + self.ttl() / 4;
-                        self.at(when, Msg::Deliver { i, g, input: Input::Lease(op_failed(&op)), net: false });
+                        self.at(when, Msg::Deliver { i, g, input: Input::Lease(op.failed()), net: false });
                     }
                 }
                 Effect::ShutdownComplete => {
@@ -524,15 +523,6 @@ impl<'a> World<'a> {
                 self.at(real, Msg::Wake { i, g });
             }
         }
-    }
-}
-
-/// The answer to an operation that did not complete.
-fn op_failed(op: &LeaseOp) -> LeaseEvent {
-    let channel = op.channel().to_owned();
-    match op {
-        LeaseOp::Save { .. } => LeaseEvent::SaveFailed { channel },
-        _ => LeaseEvent::Failed { channel },
     }
 }
 

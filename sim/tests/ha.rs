@@ -111,22 +111,27 @@ proptest! {
     }
 }
 
-#[test]
-fn a_calm_cluster_answers_every_mention_once_and_a_crash_is_taken_over() {
-    let plan = ClusterPlan {
+/// Three instances (`first`, and two with skewed clocks starting a little later) and one
+/// mention per channel every 9 s (under the limit) from 5 s on, for 100 s.
+fn calm_plan(first: InstancePlan, seed: u64, bucket_outages: Vec<(u64, u64)>) -> ClusterPlan {
+    ClusterPlan {
         instances: vec![
-            InstancePlan { crash_at: Some(20_000), ..Default::default() },
+            first,
             InstancePlan { clock_offset_ms: 250, rate_ppm: 5_000, start_at: 500, ..Default::default() },
             InstancePlan { clock_offset_ms: -250, rate_ppm: -5_000, start_at: 1_000, ..Default::default() },
         ],
-        // One mention per channel every 9 s (under the limit), from 5 s on.
         mentions: (0..30).map(|n| (5_000 + n * 3_000, CHANNELS[n as usize % 3].to_string(), format!("m{n}"))).collect(),
         max_delivery_skew_ms: 20,
         max_llm_latency_ms: 500,
         duration_ms: 100_000,
-        seed: 7,
-        bucket_outages: Vec::new(),
-    };
+        seed,
+        bucket_outages,
+    }
+}
+
+#[test]
+fn a_calm_cluster_answers_every_mention_once_and_a_crash_is_taken_over() {
+    let plan = calm_plan(InstancePlan { crash_at: Some(20_000), ..Default::default() }, 7, Vec::new());
     let trace = run(&config(), &plan);
     let answered: BTreeSet<&str> = trace.published.iter().filter_map(|p| p.correlation_id.as_deref()).collect();
     // Mentions arriving while the crashed instance's leases run out (≤ lease_ttl after
@@ -151,20 +156,8 @@ fn a_calm_cluster_answers_every_mention_once_and_a_crash_is_taken_over() {
 
 #[test]
 fn a_bucket_without_a_leader_silences_every_owner_within_a_ttl_and_they_answer_again_when_it_returns() {
-    let plan = ClusterPlan {
-        instances: vec![
-            InstancePlan::default(),
-            InstancePlan { clock_offset_ms: 250, rate_ppm: 5_000, start_at: 500, ..Default::default() },
-            InstancePlan { clock_offset_ms: -250, rate_ppm: -5_000, start_at: 1_000, ..Default::default() },
-        ],
-        mentions: (0..30).map(|n| (5_000 + n * 3_000, CHANNELS[n as usize % 3].to_string(), format!("m{n}"))).collect(),
-        max_delivery_skew_ms: 20,
-        max_llm_latency_ms: 500,
-        duration_ms: 100_000,
-        seed: 11,
-        // A 7 s election from 20 s on (measured on a 3-node cluster: 5-6 s).
-        bucket_outages: vec![(20_000, 27_000)],
-    };
+    // A 7 s election from 20 s on (measured on a 3-node cluster: 5-6 s).
+    let plan = calm_plan(InstancePlan::default(), 11, vec![(20_000, 27_000)]);
     let trace = run(&config(), &plan);
     // Nobody can renew: every owner is silent from one TTL (5 s) into the outage ...
     let during: Vec<_> = trace.published.iter().filter(|p| (25_000..27_000).contains(&p.at)).collect();
