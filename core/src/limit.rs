@@ -37,10 +37,14 @@ impl SlidingWindow {
         self.count(now, cfg.window) + extra < cfg.max as usize
     }
 
-    /// Records an event at `now`. Keeps at most `max` times: older ones cannot matter.
-    pub fn record(&mut self, now: Millis, cfg: WindowConfig) {
-        self.prune(now, cfg.window);
-        self.times.push_back(now);
+    /// Records an event at `at`. Keeps at most `max` times: older ones cannot matter.
+    /// `at` may be older than the latest time (an echo delivered late, a send a new
+    /// lease owner assumes it did not see): the times stay in order, so the oldest is
+    /// the one forgotten.
+    pub fn record(&mut self, at: Millis, cfg: WindowConfig) {
+        self.prune(at, cfg.window);
+        let i = self.times.partition_point(|t| *t <= at);
+        self.times.insert(i, at);
         while self.times.len() > cfg.max as usize {
             self.times.pop_front();
         }
@@ -78,6 +82,20 @@ mod tests {
     use super::*;
 
     const CFG: WindowConfig = WindowConfig { max: 2, window: Duration::from_secs(60) };
+
+    #[test]
+    fn a_time_recorded_late_keeps_the_window_in_order_and_the_latest_times() {
+        let mut w = SlidingWindow::default();
+        w.record(Millis(50_000), CFG);
+        // Older than what it holds: the window forgets the oldest, not the latest.
+        w.record(Millis(1_000), CFG);
+        w.record(Millis(2_000), CFG);
+        assert_eq!(w.all().collect::<Vec<_>>(), [Millis(2_000), Millis(50_000)]);
+        assert_eq!(w.last(), Some(Millis(50_000)));
+        // 2 s has left the window by 62 s; 50 s has not, and one more fits.
+        assert_eq!(w.count(Millis(62_000), CFG.window), 1);
+        assert!(w.allows(Millis(62_000), CFG, 0));
+    }
 
     #[test]
     fn window_allows_max_then_refuses_until_the_oldest_leaves() {
