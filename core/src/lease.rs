@@ -12,6 +12,11 @@
 //! transit), so the holder stops trusting its lease before anyone else can create the key
 //! again, whatever the offsets between the machines' clocks. Only clock *rates* matter,
 //! and `margin` (a fifth of the TTL) covers drift far beyond real hardware.
+//!
+//! A second rule covers a clustered bucket, whose compare-and-set is checked against
+//! what the stream has applied rather than what it is replicating: a new owner stays
+//! silent until a renewal, sent [`Leases::confirm_after`] its create, finds the key
+//! still at its revision (see there).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -256,6 +261,16 @@ enum State {
     Standby { owner: Option<String>, next_try: Millis },
     /// An `Acquire` is out, sent at `sent`.
     Acquiring { sent: Millis },
+    /// Our `Acquire` created the key, but a clustered bucket's compare-and-set is not
+    /// atomic (see [`Leases::confirm_after`]): silent until a `Renew`, sent at
+    /// `confirm_at` or later, finds the key still ours. `state` is what the acquire read.
+    Confirming {
+        revision: u64,
+        valid_until: Millis,
+        confirm_at: Millis,
+        renewing: Option<Millis>,
+        state: Option<LimitSnapshot>,
+    },
     /// Ours until `valid_until`.
     Owned { revision: u64, valid_until: Millis, next_renew: Millis, renewing: Option<Millis> },
     /// A `Release` is out, sent at `sent`.
@@ -375,6 +390,18 @@ impl Leases {
         self.ttl / 5
     }
 
+    /// How long after creating a key an instance waits before confirming it with a
+    /// renewal (a tenth of the TTL, 100 ms to 1 s). On a clustered stream the server
+    /// checks a write's expected revision against what it has *applied*, not against
+    /// writes still being replicated (nats-server issues 4320 and 8469, worst right
+    /// after a leader election): two creates a moment apart can both succeed, and the
+    /// later one wins the key. Every write proposed before ours was applied is applied
+    /// within the cluster's commit latency, so after this wait a renewal on our revision
+    /// succeeds only if no such write landed after ours.
+    pub fn confirm_after(&self) -> Duration {
+        (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
     fn retry(&self) -> Duration {
         self.renew_every().min(Duration::from_secs(1))
     }
@@ -401,6 +428,8 @@ impl Leases {
                 match &mut l.state {
                     State::Standby { next_try, .. } => *next_try = (*next_try).min(now),
                     State::Owned { next_renew, renewing: None, .. } => *next_renew = (*next_renew).min(now),
+                    // Its failed confirmation was sent after the wait already.
+                    State::Confirming { confirm_at, renewing: None, .. } => *confirm_at = (*confirm_at).min(now),
                     _ => {}
                 }
             }
@@ -460,7 +489,7 @@ impl Leases {
         match &self.leases.get(&key(channel))?.state {
             State::Owned { .. } | State::Releasing { .. } => Some(&self.me),
             State::Standby { owner, .. } => owner.as_deref(),
-            State::Acquiring { .. } => None,
+            State::Acquiring { .. } | State::Confirming { .. } => None,
         }
     }
 
@@ -533,33 +562,49 @@ impl Leases {
                 }
             }
             LeaseEvent::Acquired { channel, revision, state } => {
+                let confirm = self.confirm_after();
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
                 if let State::Acquiring { sent } = l.state {
-                    l.state = State::Owned {
+                    l.state = State::Confirming {
                         revision,
                         valid_until: sent.after(ttl.saturating_sub(margin)),
-                        next_renew: sent.after(renew),
+                        confirm_at: now.after(confirm),
                         renewing: None,
+                        state,
                     };
-                    l.dirty = false;
-                    l.next_save = now;
                     l.owner_at = now;
-                    self.stats.acquired += 1;
-                    if std::mem::take(&mut l.other_owner_seen) {
-                        self.stats.takeovers += 1;
-                    }
-                    out.push(Transition::Gained(l.name.clone(), state));
                 }
             }
             LeaseEvent::Renewed { channel, revision } => {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
-                if let State::Owned { revision: r, valid_until, next_renew, renewing } = &mut l.state {
-                    if let Some(sent) = renewing.take() {
-                        *r = revision;
-                        *valid_until = (*valid_until).max(sent.after(ttl.saturating_sub(margin)));
-                        *next_renew = sent.after(renew);
-                        self.stats.renewals += 1;
+                match &mut l.state {
+                    State::Owned { revision: r, valid_until, next_renew, renewing } => {
+                        if let Some(sent) = renewing.take() {
+                            *r = revision;
+                            *valid_until = (*valid_until).max(sent.after(ttl.saturating_sub(margin)));
+                            *next_renew = sent.after(renew);
+                            self.stats.renewals += 1;
+                        }
                     }
+                    // Confirmed: ours, and nobody wrote the key after us.
+                    State::Confirming { valid_until, renewing: Some(sent), state, .. } => {
+                        let (sent, state) = (*sent, state.take());
+                        l.state = State::Owned {
+                            revision,
+                            valid_until: (*valid_until).max(sent.after(ttl.saturating_sub(margin))),
+                            next_renew: sent.after(renew),
+                            renewing: None,
+                        };
+                        l.dirty = false;
+                        l.next_save = now;
+                        l.owner_at = now;
+                        self.stats.acquired += 1;
+                        if std::mem::take(&mut l.other_owner_seen) {
+                            self.stats.takeovers += 1;
+                        }
+                        out.push(Transition::Gained(l.name.clone(), state));
+                    }
+                    _ => {}
                 }
             }
             LeaseEvent::Taken { channel } => {
@@ -567,7 +612,8 @@ impl Leases {
                 // The key exists: someone wrote it within a TTL (the watch may be late).
                 l.owner_at = now;
                 match l.state {
-                    State::Acquiring { .. } => {
+                    // Another create landed after ours: it was never ours to speak for.
+                    State::Acquiring { .. } | State::Confirming { .. } => {
                         l.other_owner_seen = true;
                         l.state = State::Standby { owner: None, next_try: now.after(renew) };
                     }
@@ -597,6 +643,11 @@ impl Leases {
                         *renewing = None;
                         *next_renew = now.after(wait);
                     }
+                    State::Confirming { renewing, confirm_at, .. } => {
+                        l.backing_off = true;
+                        *renewing = None;
+                        *confirm_at = now.after(wait);
+                    }
                     // Could not delete it: it expires by itself.
                     State::Releasing { .. } => l.state = State::Standby { owner: None, next_try: now.after(ttl) },
                     State::Standby { .. } => {}
@@ -625,7 +676,8 @@ impl Leases {
                 let Some(l) = self.leases.get_mut(&key(&channel)) else { return out };
                 // A write older than our own (a watch replaying or catching up) says
                 // nothing about now.
-                let stale = matches!(l.state, State::Owned { revision: ours, .. } if revision <= ours);
+                let stale = matches!(l.state, State::Owned { revision: ours, .. } | State::Confirming { revision: ours, .. }
+                    if revision <= ours);
                 if owner != me && !stale {
                     l.other_owner_seen = true;
                     l.owner_at = now;
@@ -636,6 +688,10 @@ impl Leases {
                             if fresh {
                                 *next_try = (*next_try).max(now.after(ttl + Duration::from_millis(100)));
                             }
+                        }
+                        // Another create landed after ours: it was never ours.
+                        State::Confirming { .. } => {
+                            l.state = State::Standby { owner: Some(owner), next_try: now.after(ttl) };
                         }
                         // Another instance wrote our key after us: we lost it.
                         State::Owned { .. } => {
@@ -685,6 +741,18 @@ impl Leases {
                     l.dirty = false;
                     l.next_save = now.after(Duration::from_secs(1));
                     intents.push(Intent::Save(l.name.clone()));
+                }
+            } else if let State::Confirming { revision, valid_until, confirm_at, renewing, .. } = &mut l.state {
+                if now >= *valid_until {
+                    // Never confirmed (the bucket kept failing): it was never spoken for.
+                    l.state = State::Standby { owner: None, next_try: now.after(retry) };
+                    continue;
+                }
+                l.owner_at = now;
+                held += 1;
+                if renewing.is_none() && now >= *confirm_at {
+                    *renewing = Some(now);
+                    intents.push(Intent::Renew(l.name.clone(), *revision));
                 }
             } else if let State::Acquiring { sent } | State::Releasing { sent } = l.state {
                 if now >= sent.after(self.ttl) {
@@ -782,6 +850,12 @@ impl Leases {
             match &l.state {
                 State::Standby { next_try, .. } if !self.shutting_down => at(*next_try),
                 State::Acquiring { sent } | State::Releasing { sent } => at(sent.after(self.ttl)),
+                State::Confirming { valid_until, confirm_at, renewing, .. } => {
+                    at(*valid_until);
+                    if renewing.is_none() {
+                        at(*confirm_at);
+                    }
+                }
                 State::Owned { valid_until, next_renew, renewing, .. } => {
                     at(*valid_until);
                     if renewing.is_none() {

@@ -17,8 +17,32 @@ fn lease(bot: &mut Bot, ev: LeaseEvent) {
     bot.input(Input::Lease(ev));
 }
 
+/// How long a new owner waits to confirm its create (a tenth of the 9 s TTL).
+const CONFIRM_MS: u64 = 900;
+
+/// Our acquires of `channels` created their keys at `revision`, and the renewals that
+/// confirm them, sent [`CONFIRM_MS`] later, succeed (at the same revision, so the
+/// tests' revisions stay as written).
+fn own(bot: &mut Bot, channels: &[&str], revision: u64, state: Option<LimitSnapshot>) {
+    for channel in channels {
+        lease(bot, LeaseEvent::Acquired { channel: (*channel).into(), revision, state: state.clone() });
+    }
+    assert!(channels.iter().all(|c| bot.engine.lease_owner(c).is_none()), "silent until confirmed");
+    bot.clear();
+    bot.wait(CONFIRM_MS);
+    for op in ops(bot) {
+        if let LeaseOp::Renew { channel, revision: r } = op {
+            assert_eq!(r, revision);
+            lease(bot, LeaseEvent::Renewed { channel, revision });
+        }
+    }
+    for channel in channels {
+        assert_eq!(bot.engine.lease_owner(channel), Some("me"), "{channel} confirmed");
+    }
+}
+
 fn acquired(bot: &mut Bot, state: Option<LimitSnapshot>) {
-    lease(bot, LeaseEvent::Acquired { channel: "lounge".into(), revision: 1, state });
+    own(bot, &["lounge"], 1, state);
 }
 
 #[test]
@@ -58,6 +82,45 @@ fn an_owner_speaks_renews_and_stops_before_its_lease_could_expire() {
     assert!(bot.calls().is_empty(), "an owner whose lease ran out must not call");
     assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner]);
     assert_eq!(bot.engine.lease_stats().unwrap().lost, 1);
+}
+
+#[test]
+fn a_new_owner_speaks_only_once_a_renewal_finds_nobody_created_the_key_after_it() {
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    // Our create succeeded, but a clustered bucket may also have let another create
+    // through a moment later: silent until a renewal on our revision says otherwise.
+    lease(&mut bot, LeaseEvent::Acquired { channel: "lounge".into(), revision: 4, state: None });
+    bot.say("alice", "hey KrytenBot");
+    assert!(bot.calls().is_empty(), "spoke before the create was confirmed");
+    assert_eq!(bot.reasons(Outcome::Suppressed), [Reason::NotOwner]);
+    bot.clear();
+    bot.wait(CONFIRM_MS - 1);
+    assert!(ops(&bot).is_empty(), "confirmed before the other writes could land: {:?}", ops(&bot));
+    bot.wait(1);
+    assert_eq!(ops(&bot), [LeaseOp::Renew { channel: "lounge".into(), revision: 4 }]);
+    // The other create landed after ours: the key is theirs, and it never was ours.
+    lease(&mut bot, LeaseEvent::Taken { channel: "lounge".into() });
+    bot.say("bob", "KrytenBot?");
+    assert!(bot.calls().is_empty());
+    let stats = bot.engine.lease_stats().unwrap();
+    assert_eq!((stats.acquired, stats.lost, stats.owned), (0, 0, 0), "{stats:?}");
+    // The same when the watch shows the later create first.
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    lease(&mut bot, LeaseEvent::Acquired { channel: "lounge".into(), revision: 4, state: None });
+    lease(&mut bot, LeaseEvent::Seen { channel: "lounge".into(), owner: "other".into(), revision: 5, fresh: true });
+    assert_eq!(bot.engine.lease_owner("lounge"), Some("other"));
+    bot.clear();
+    bot.wait(CONFIRM_MS);
+    assert!(ops(&bot).is_empty(), "nothing to confirm: {:?}", ops(&bot));
+    // Confirmed: it speaks.
+    let mut bot = Bot::new(HA);
+    bot.wait(0);
+    own(&mut bot, &["lounge"], 4, None);
+    bot.say("alice", "hey KrytenBot");
+    assert_eq!(bot.calls().len(), 1);
+    assert_eq!(bot.engine.lease_stats().unwrap().acquired, 1);
 }
 
 #[test]
@@ -150,9 +213,7 @@ fn an_instance_holds_at_most_its_share_plus_one() {
     // Alone: it asks for all six.
     let acquires = ops(&bot).len();
     assert_eq!(acquires, 6);
-    for i in 0..6 {
-        lease(&mut bot, LeaseEvent::Acquired { channel: format!("c{i}"), revision: 1, state: None });
-    }
+    own(&mut bot, &["c0", "c1", "c2", "c3", "c4", "c5"], 1, None);
     // Two more instances appear: ceil(6 / 3) + 1 = 3, so three leases go back.
     bot.clear();
     lease(&mut bot, LeaseEvent::Peer { instance: "b".into(), alive: true });
@@ -307,9 +368,10 @@ fn an_owner_whose_renewals_fail_retries_with_backoff_and_renews_at_once_when_the
     let cfg = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: a }, { name: b } ]\n";
     let mut bot = Bot::new(cfg);
     bot.wait(0);
-    lease(&mut bot, LeaseEvent::Acquired { channel: "a".into(), revision: 1, state: None });
+    own(&mut bot, &["a"], 1, None);
     lease(&mut bot, LeaseEvent::Taken { channel: "b".into() });
-    // The renewal at 3 s fails, and so do its retries: 200 ms, 400 ms, 800 ms, 1 s.
+    // The renewal 3 s after the confirmation fails, and so do its retries: 200 ms,
+    // 400 ms, 800 ms, 1 s.
     let mut renewals = Vec::new();
     let fail = |op: &LeaseOp| Some(LeaseEvent::Failed { channel: op.channel().to_owned() });
     for (t, op) in run_for(&mut bot, 6_000, fail) {
@@ -318,7 +380,7 @@ fn an_owner_whose_renewals_fail_retries_with_backoff_and_renews_at_once_when_the
         }
     }
     let gaps: Vec<u64> = renewals.windows(2).map(|w| w[1] - w[0]).collect();
-    assert_eq!(renewals.first(), Some(&3_000));
+    assert_eq!(renewals.first(), Some(&(CONFIRM_MS + 3_000)));
     assert!(gaps.windows(2).all(|w| w[1] >= w[0]) && gaps.iter().all(|g| (200..=1_050).contains(g)), "{gaps:?}");
     assert!(gaps.first().is_some_and(|g| *g <= 250) && gaps.last().is_some_and(|g| *g >= 950), "{gaps:?}");
     assert!(bot.engine.lease_owner("a") == Some("me"), "still trusted: 6 s < ttl - ttl/5");
@@ -333,7 +395,7 @@ fn a_channel_nobody_has_held_for_longer_than_the_ttl_is_reported() {
     let cfg = "ha: { enabled: true, lease_ttl: 9s, instance: me }\nchannels: [ { name: a }, { name: b } ]\n";
     let mut bot = Bot::new(cfg);
     bot.wait(0);
-    lease(&mut bot, LeaseEvent::Acquired { channel: "a".into(), revision: 1, state: None });
+    own(&mut bot, &["a"], 1, None);
     lease(&mut bot, LeaseEvent::Taken { channel: "b".into() });
     // b's owner renews (seen by the watch) every 3 s for a while, then goes silent; a's
     // renewals here succeed throughout.
@@ -384,7 +446,7 @@ fn a_watch_replaying_the_bucket_names_the_owner_without_delaying_a_takeover() {
 fn an_owner_ignores_a_write_older_than_its_own_and_yields_to_a_newer_one() {
     let mut bot = Bot::new(HA);
     bot.wait(0);
-    lease(&mut bot, LeaseEvent::Acquired { channel: "lounge".into(), revision: 8, state: None });
+    own(&mut bot, &["lounge"], 8, None);
     // The previous owner's last write (revision 5), replayed by a watch made anew, or
     // delivered late by one catching up after an outage.
     for fresh in [false, true] {

@@ -9,7 +9,11 @@
 //! does). Everything an instance publishes is echoed into the room, as CyTube does.
 //! The bucket itself can be unavailable for a while (its stream electing a leader after
 //! a node died): operations fail without being applied, the watch delivers nothing, and
-//! an operation applied just before may lose its answer.
+//! an operation applied just before may lose its answer; the watches may come back
+//! later than the bucket. Its compare-and-set may be checked against writes a moment
+//! old, as a clustered stream checks against what it has applied, not what it is still
+//! replicating (nats-server issues 4320 and 8469): two creates a moment apart can both
+//! succeed, and the later one holds the key.
 //!
 //! [`run`] returns every reply published, so properties can check that no event is
 //! answered by two instances and that per-channel limits hold across takeovers.
@@ -60,6 +64,12 @@ pub struct ClusterPlan {
     /// arrive meanwhile are lost (a watch made anew starts from new changes); an
     /// operation applied in the last hop before is applied but its answer is lost.
     pub bucket_outages: Vec<(u64, u64)>,
+    /// How long after an outage the watches deliver again (ms): a watch is made anew
+    /// once the bucket answers, which takes a while; notifications meanwhile are lost.
+    pub watch_lag_ms: u64,
+    /// How old (ms) the writes a compare-and-set is checked against may be: a write is
+    /// seen by checks, answered and notified this long after it is made.
+    pub commit_lag_ms: u64,
 }
 
 /// A message an instance published.
@@ -157,10 +167,12 @@ impl Node {
     }
 }
 
-struct Lease {
+/// One write of a lease key (`owner` None: deleted).
+#[derive(Debug, Clone)]
+struct Write {
     revision: u64,
     written: u64,
-    owner: String,
+    owner: Option<String>,
 }
 
 /// Runs the plan; `config` must have `ha.enabled`.
@@ -177,7 +189,8 @@ struct World<'a> {
     seq: u64,
     queue: BTreeMap<(u64, u64), Msg>,
     nodes: Vec<Node>,
-    leases: BTreeMap<String, Lease>,
+    /// Per key, its recent writes, oldest first (the last is the key's value).
+    leases: BTreeMap<String, Vec<Write>>,
     state: BTreeMap<String, LimitSnapshot>,
     revision: u64,
     rng: ChaCha8Rng,
@@ -227,7 +240,7 @@ impl<'a> World<'a> {
             }
         }
         for &(_, to) in &plan.bucket_outages {
-            w.at(T0 + to, Msg::Rewatch);
+            w.at(T0 + to + plan.watch_lag_ms, Msg::Rewatch);
         }
         for (t, channel, cid) in &plan.mentions {
             let body = json!({"event_name": "chatMsg", "channel": channel, "correlation_id": cid,
@@ -342,12 +355,14 @@ impl<'a> World<'a> {
                 let replay: Vec<LeaseEvent> = self
                     .leases
                     .iter()
-                    .filter(|(_, l)| now < l.written + ttl)
-                    .map(|(channel, l)| LeaseEvent::Seen {
-                        channel: channel.clone(),
-                        owner: l.owner.clone(),
-                        revision: l.revision,
-                        fresh: false,
+                    .filter_map(|(channel, ws)| {
+                        let w = ws.last().filter(|w| now < w.written + ttl)?;
+                        Some(LeaseEvent::Seen {
+                            channel: channel.clone(),
+                            owner: w.owner.clone()?,
+                            revision: w.revision,
+                            fresh: false,
+                        })
                     })
                     .collect();
                 for ev in replay {
@@ -362,17 +377,45 @@ impl<'a> World<'a> {
         self.plan.bucket_outages.iter().any(|&(f, to)| (T0 + f..T0 + to).contains(&t))
     }
 
+    /// Whether watches deliver nothing at real time `t` (the bucket is down, or it is
+    /// back but the watches are not yet).
+    fn watch_down(&self, t: u64) -> bool {
+        let lag = self.plan.watch_lag_ms;
+        self.plan.bucket_outages.iter().any(|&(f, to)| (T0 + f..T0 + to + lag).contains(&t))
+    }
+
+    /// The write of `key` a compare-and-set at `now` is checked against, if it is a
+    /// live lease: the latest one at least `commit_lag_ms` old.
+    fn checked(&self, key: &str) -> Option<&Write> {
+        let (now, ttl, lag) = (self.now, self.ttl(), self.plan.commit_lag_ms);
+        let w = self.leases.get(key)?.iter().rev().find(|w| w.written + lag <= now)?;
+        (w.owner.is_some() && now < w.written + ttl).then_some(w)
+    }
+
+    /// Writes `key` (a new revision); keeps the writes a check may still see.
+    fn write(&mut self, key: String, owner: Option<String>) -> u64 {
+        let (now, lag) = (self.now, self.plan.commit_lag_ms);
+        self.revision += 1;
+        let ws = self.leases.entry(key).or_default();
+        ws.push(Write { revision: self.revision, written: now, owner });
+        // The newest write old enough for every check, and the ones after it.
+        if let Some(keep) = ws.iter().rposition(|w| w.written + lag <= now) {
+            ws.drain(..keep);
+        }
+        self.revision
+    }
+
     /// Sends `ev` to every running, connected instance but `except`, over the network.
-    /// A watch notification (`Seen`, `Free`) that would arrive while the bucket has no
-    /// leader is lost.
+    /// A watch notification (`Seen`, `Free`) leaves once its write is committed and is
+    /// lost if it would arrive while the watches are down.
     fn broadcast(&mut self, except: Option<usize>, ev: LeaseEvent) {
         let watched = matches!(ev, LeaseEvent::Seen { .. } | LeaseEvent::Free { .. });
         for j in 0..self.nodes.len() {
             if Some(j) == except || self.nodes[j].engine.is_none() {
                 continue;
             }
-            let d = HOP_MS + self.rand(20);
-            if watched && self.bucket_down(self.now + d) {
+            let d = HOP_MS + self.rand(20) + if watched { self.plan.commit_lag_ms } else { 0 };
+            if watched && self.watch_down(self.now + d) {
                 continue;
             }
             let g = self.nodes[j].generation;
@@ -383,7 +426,6 @@ impl<'a> World<'a> {
     /// The server applies `op` from instance `i`, answers it and notifies watchers.
     fn kv(&mut self, i: usize, g: u32, op: LeaseOp) {
         let (now, ttl) = (self.now, self.ttl());
-        let live = |l: &Lease| now < l.written + ttl;
         let key = |c: &str| c.to_lowercase();
         let owner = self.nodes[i].id.clone();
         if self.bucket_down(now) {
@@ -395,12 +437,10 @@ impl<'a> World<'a> {
         }
         let (answer, notify) = match op {
             LeaseOp::Acquire { channel } => {
-                if self.leases.get(&key(&channel)).is_some_and(live) {
-                    (Some(LeaseEvent::Taken { channel }), None)
+                if self.checked(&key(&channel)).is_some() {
+                    (LeaseEvent::Taken { channel }, None)
                 } else {
-                    self.revision += 1;
-                    self.leases
-                        .insert(key(&channel), Lease { revision: self.revision, written: now, owner: owner.clone() });
+                    let revision = self.write(key(&channel), Some(owner.clone()));
                     self.trace.acquisitions.push((now - T0, owner.clone(), channel.clone()));
                     let state = self.state.get(&key(&channel)).cloned();
                     // A new ownership begins: the state says so (see LeaseOp::Acquire).
@@ -408,49 +448,43 @@ impl<'a> World<'a> {
                     if let Some(taken) = LimitSnapshot::taken(state.as_ref(), at) {
                         self.state.insert(key(&channel), taken);
                     }
-                    let seen =
-                        LeaseEvent::Seen { channel: channel.clone(), owner, revision: self.revision, fresh: true };
-                    (Some(LeaseEvent::Acquired { channel, revision: self.revision, state }), Some(seen))
+                    let seen = LeaseEvent::Seen { channel: channel.clone(), owner, revision, fresh: true };
+                    (LeaseEvent::Acquired { channel, revision, state }, Some(seen))
                 }
             }
-            LeaseOp::Renew { channel, revision } => match self.leases.get_mut(&key(&channel)) {
-                Some(l) if now < l.written + ttl && l.revision == revision => {
-                    self.revision += 1;
-                    l.revision = self.revision;
-                    l.written = now;
-                    let seen =
-                        LeaseEvent::Seen { channel: channel.clone(), owner, revision: self.revision, fresh: true };
-                    (Some(LeaseEvent::Renewed { channel, revision: self.revision }), Some(seen))
+            LeaseOp::Renew { channel, revision } => {
+                if self.checked(&key(&channel)).is_some_and(|w| w.revision == revision) {
+                    let revision = self.write(key(&channel), Some(owner.clone()));
+                    let seen = LeaseEvent::Seen { channel: channel.clone(), owner, revision, fresh: true };
+                    (LeaseEvent::Renewed { channel, revision }, Some(seen))
+                } else {
+                    (LeaseEvent::Taken { channel }, None)
                 }
-                _ => (Some(LeaseEvent::Taken { channel }), None),
-            },
+            }
             LeaseOp::Save { channel, state } => {
                 self.state.insert(key(&channel), state);
-                (Some(LeaseEvent::Saved { channel }), None)
+                (LeaseEvent::Saved { channel }, None)
             }
             LeaseOp::Release { channel, revision, state } => {
                 self.state.insert(key(&channel), state);
-                match self.leases.get(&key(&channel)) {
-                    Some(l) if live(l) && l.revision == revision => {
-                        self.leases.remove(&key(&channel));
-                        (Some(LeaseEvent::Released { channel: channel.clone() }), Some(LeaseEvent::Free { channel }))
-                    }
-                    _ => (Some(LeaseEvent::Failed { channel }), None),
+                if self.checked(&key(&channel)).is_some_and(|w| w.revision == revision) {
+                    self.write(key(&channel), None);
+                    (LeaseEvent::Released { channel: channel.clone() }, Some(LeaseEvent::Free { channel }))
+                } else {
+                    (LeaseEvent::Failed { channel }, None)
                 }
             }
         };
         if let Some(ev) = notify {
             self.broadcast(None, ev);
         }
-        if let Some(ev) = answer {
-            // The answer is lost if the link is down when it arrives: the client times out.
-            // So is one whose leader dies before it is sent.
-            let back = self.now + HOP_MS;
-            let cut = self.nodes[i].plan.partitions.iter().any(|&(f, t)| (T0 + f..T0 + t).contains(&back))
-                || self.bucket_down(back);
-            let (when, ev) = if cut { (self.now + ttl / 4, failed(ev)) } else { (back, ev) };
-            self.at(when, Msg::Deliver { i, g, input: Input::Lease(ev), net: false });
-        }
+        // The answer leaves once the write is committed. It is lost if the link is down
+        // when it arrives (the client times out), or if the leader dies before it leaves.
+        let back = self.now + self.plan.commit_lag_ms + HOP_MS;
+        let cut = self.nodes[i].plan.partitions.iter().any(|&(f, t)| (T0 + f..T0 + t).contains(&back))
+            || self.bucket_down(back);
+        let (when, ev) = if cut { (self.now + ttl / 4, failed(answer)) } else { (back, answer) };
+        self.at(when, Msg::Deliver { i, g, input: Input::Lease(ev), net: false });
     }
 
     /// Instance `i` says it is alive (lifecycle startup or heartbeat), if it can be heard.

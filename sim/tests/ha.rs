@@ -59,10 +59,13 @@ fn plan() -> impl Strategy<Value = ClusterPlan> {
         0u64..=60,
         0u64..=3_000,
         any::<u64>(),
-        // The bucket's stream electing a leader (a node died): 0.5-12 s without one.
+        // The bucket's stream electing a leader (a node died): 0.5-12 s without one; the
+        // watches back up to 3 s after it; checks up to 300 ms behind the writes.
         prop::collection::vec((0u64..90_000, 500u64..12_000), 0..3),
+        0u64..=3_000,
+        0u64..=300,
     )
-        .prop_map(|(instances, mentions, skew, llm, seed, outages)| ClusterPlan {
+        .prop_map(|(instances, mentions, skew, llm, seed, outages, watch_lag_ms, commit_lag_ms)| ClusterPlan {
             instances,
             mentions: mentions
                 .into_iter()
@@ -74,6 +77,8 @@ fn plan() -> impl Strategy<Value = ClusterPlan> {
             duration_ms: 120_000,
             seed,
             bucket_outages: outages.into_iter().map(|(from, len)| (from, from + len)).collect(),
+            watch_lag_ms,
+            commit_lag_ms,
         })
 }
 
@@ -126,6 +131,8 @@ fn calm_plan(first: InstancePlan, seed: u64, bucket_outages: Vec<(u64, u64)>) ->
         duration_ms: 100_000,
         seed,
         bucket_outages,
+        watch_lag_ms: 0,
+        commit_lag_ms: 0,
     }
 }
 
@@ -171,4 +178,33 @@ fn a_bucket_without_a_leader_silences_every_owner_within_a_ttl_and_they_answer_a
     assert_eq!(trace.published.len(), answered.len(), "no event answered twice");
     let after = trace.acquisitions.iter().filter(|(t, _, _)| *t >= 27_000).count();
     assert_eq!(after, 3, "all three channels acquired again after the outage: {:?}", trace.acquisitions);
+}
+
+#[test]
+fn creates_racing_after_an_election_never_give_a_channel_two_voices() {
+    // The bucket comes back at 26 s; its checks lag its writes by 300 ms (so creates of
+    // one key a moment apart both succeed; the confirmation waits 500 ms, a tenth of the
+    // TTL) and the watches are back only 2 s later (so nobody hears of the others'
+    // writes). Each channel is mentioned every 100 ms meanwhile.
+    let mut plan = calm_plan(InstancePlan::default(), 5, vec![(20_000, 26_000)]);
+    plan.commit_lag_ms = 300;
+    plan.watch_lag_ms = 2_000;
+    plan.mentions =
+        (0..180u64).map(|n| (25_000 + n * 100, CHANNELS[n as usize % 3].to_string(), format!("r{n}"))).collect();
+    let trace = run(&config(), &plan);
+    let mut by_event: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for p in &trace.published {
+        by_event.entry(p.correlation_id.as_deref().unwrap_or("")).or_default().insert(&p.instance);
+    }
+    let doubles: Vec<_> = by_event.iter().filter(|(_, who)| who.len() > 1).collect();
+    assert!(doubles.is_empty(), "answered twice: {doubles:?}\nacquisitions: {:?}", trace.acquisitions);
+    // The race happened: some channel was created twice within the lag.
+    let a = &trace.acquisitions;
+    let raced = a.iter().enumerate().any(|(n, (t, _, ch))| a[n + 1..].iter().any(|(u, _, c)| c == ch && *u < t + 300));
+    assert!(raced, "no two creates of one channel raced: {:?}", trace.acquisitions);
+    // And the room is answered again (each channel has its limit of 4 in 30 s).
+    for ch in CHANNELS {
+        let after = trace.published.iter().filter(|p| p.channel == ch && p.at >= 26_000).count();
+        assert!(after >= 1, "{ch} never answered after the election: {:?}", trace.published);
+    }
 }
