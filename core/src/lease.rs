@@ -723,36 +723,31 @@ impl Leases {
         let cap = self.cap(now);
         let mut held = 0;
         for l in self.leases.values_mut() {
-            if let State::Owned { revision, valid_until, next_renew, renewing } = &mut l.state {
+            let confirmed = matches!(l.state, State::Owned { .. });
+            if let State::Owned { revision, valid_until, next_renew: due, renewing }
+            | State::Confirming { revision, valid_until, confirm_at: due, renewing, .. } = &mut l.state
+            {
                 if now >= *valid_until {
-                    self.stats.lost += 1;
-                    trans.push(Transition::Lost(l.name.clone()));
-                    l.owner_at = *valid_until;
+                    // One never confirmed was never spoken for (the bucket kept failing).
+                    if confirmed {
+                        self.stats.lost += 1;
+                        trans.push(Transition::Lost(l.name.clone()));
+                        l.owner_at = *valid_until;
+                    }
                     l.state = State::Standby { owner: None, next_try: now.after(retry) };
                     continue;
                 }
                 l.owner_at = now;
                 held += 1;
-                if renewing.is_none() && now >= *next_renew {
+                // The next renewal, or the one that confirms a new lease.
+                if renewing.is_none() && now >= *due {
                     *renewing = Some(now);
                     intents.push(Intent::Renew(l.name.clone(), *revision));
                 }
-                if l.dirty && now >= l.next_save {
+                if confirmed && l.dirty && now >= l.next_save {
                     l.dirty = false;
                     l.next_save = now.after(Duration::from_secs(1));
                     intents.push(Intent::Save(l.name.clone()));
-                }
-            } else if let State::Confirming { revision, valid_until, confirm_at, renewing, .. } = &mut l.state {
-                if now >= *valid_until {
-                    // Never confirmed (the bucket kept failing): it was never spoken for.
-                    l.state = State::Standby { owner: None, next_try: now.after(retry) };
-                    continue;
-                }
-                l.owner_at = now;
-                held += 1;
-                if renewing.is_none() && now >= *confirm_at {
-                    *renewing = Some(now);
-                    intents.push(Intent::Renew(l.name.clone(), *revision));
                 }
             } else if let State::Acquiring { sent } | State::Releasing { sent } = l.state {
                 if now >= sent.after(self.ttl) {
