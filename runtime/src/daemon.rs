@@ -396,6 +396,9 @@ impl Daemon {
                 tracing::info!(reconnects = self.reconnects, "nats reconnected");
                 // Events were missed while away: what the robot stored fills the gap.
                 self.read_rooms(self.channel_names());
+                if let Some(ha) = &self.ha {
+                    ha.rewatch();
+                }
             }
             self.seen_first_connect = true;
         } else {
@@ -570,7 +573,9 @@ impl Daemon {
             h.ha = engine.lease_stats().map(|s| {
                 self.shared.metrics.leases(s);
                 let bucket = self.ha.as_ref().map(Ha::health).unwrap_or_default();
-                let orphans = engine.lease_orphans();
+                // Without a watch the others' leases are not seen: whether a channel has an
+                // owner elsewhere is unknown, not "no".
+                let orphans = if bucket.unwatched_for.is_some() { Vec::new() } else { engine.lease_orphans() };
                 self.shared.metrics.ha_bucket_reachable.set(i64::from(bucket.failing_for.is_none()));
                 self.shared.metrics.ha_orphaned.set(orphans.len() as i64);
                 if let Some(failing) = bucket.failing_for {
@@ -579,6 +584,14 @@ impl Daemon {
                         engine.config().ha.bucket,
                         failing.as_secs_f64(),
                         bucket.failures,
+                        bucket.last_error.as_deref().unwrap_or("?"),
+                    ));
+                }
+                if let Some(blind) = bucket.unwatched_for {
+                    h.problems.push(format!(
+                        "cannot watch the lease bucket `{}` for {:.1} s (last error: {}): the other instances' leases are not seen",
+                        engine.config().ha.bucket,
+                        blind.as_secs_f64(),
                         bucket.last_error.as_deref().unwrap_or("?"),
                     ));
                 }
@@ -611,6 +624,7 @@ impl Daemon {
                         "failing_seconds": bucket.failing_for.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
                         "failures": bucket.failures,
                         "last_error": bucket.last_error,
+                        "unwatched_seconds": bucket.unwatched_for.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
                     },
                     "orphaned": orphans.iter().map(|(c, d)| (c.clone(), serde_json::json!((d.as_secs_f64() * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
                 })

@@ -112,7 +112,9 @@ pub struct Ha {
     workers: HashMap<String, mpsc::UnboundedSender<LeaseOp>>,
     reach: Reach,
     replicas: usize,
-    /// A watch quiet this long has stalled: two TTLs (owners rewrite keys 3× a TTL).
+    /// A watch quiet this long has stalled: two renewal periods (owners rewrite their
+    /// keys every third of a TTL; its consumer may have died with a node this client
+    /// was not connected to, which no reconnect reveals).
     watch_idle: Duration,
     /// Longest a new watch may take to start (its consumer is made by the stream's
     /// leader, which may be being elected): half a TTL, 0.5-5 s.
@@ -203,6 +205,8 @@ struct ReachState {
     failures: u64,
     /// The last failure: operation kind and why.
     last_error: Option<String>,
+    /// Since when no watch is running (being made, or failed to be made).
+    unwatched_since: Option<Instant>,
 }
 
 /// What /health shows about the bucket.
@@ -214,6 +218,10 @@ pub struct BucketHealth {
     pub failures: u64,
     /// The last failure: kind and reason.
     pub last_error: Option<String>,
+    /// How long no watch has been running, once that is longer than making one takes
+    /// (a cluster electing its meta leader cannot make one): the others' leases are not
+    /// seen meanwhile.
+    pub unwatched_for: Option<Duration>,
 }
 
 /// Shared by the workers and the watch: logs the first failure (warning) and the
@@ -225,6 +233,8 @@ struct Reach {
     metrics: LeaseFailures,
     /// Signalled when operations work again after failing.
     recovered: Arc<tokio::sync::Notify>,
+    /// Signalled (a permit kept until the watch takes it) when the client reconnected.
+    rewatch: Arc<tokio::sync::Notify>,
 }
 
 impl Reach {
@@ -258,12 +268,24 @@ impl Reach {
         }
     }
 
-    fn health(&self) -> BucketHealth {
+    /// The watch is being made (again): unwatched from now, unless it already was.
+    fn unwatched(&self) {
+        self.lock().unwatched_since.get_or_insert_with(Instant::now);
+    }
+
+    /// A watch runs.
+    fn watching(&self) {
+        self.lock().unwatched_since = None;
+    }
+
+    /// For /health; a watch missing for no longer than `setup` is being made as usual.
+    fn health(&self, setup: Duration) -> BucketHealth {
         let st = self.lock();
         BucketHealth {
             failing_for: st.failing_since.map(|t| t.elapsed()),
             failures: st.failures,
             last_error: st.last_error.clone(),
+            unwatched_for: st.unwatched_since.map(|t| t.elapsed()).filter(|d| *d > setup),
         }
     }
 }
@@ -297,21 +319,28 @@ impl Ha {
                 state: Arc::default(),
                 metrics: failures,
                 recovered: Arc::default(),
+                rewatch: Arc::default(),
             },
             replicas,
-            watch_idle: cfg.lease_ttl * 2,
+            watch_idle: cfg.lease_ttl * 2 / 3,
             watch_setup: (cfg.lease_ttl / 2).clamp(Duration::from_millis(500), Duration::from_secs(5)),
         })
     }
 
     /// Whether the bucket answers, for /health.
     pub fn health(&self) -> BucketHealth {
-        self.reach.health()
+        self.reach.health(self.watch_setup)
     }
 
     /// The replicas the buckets were opened with.
     pub fn replicas(&self) -> usize {
         self.replicas
+    }
+
+    /// The client reconnected (perhaps to another node): the watch's consumer may have
+    /// gone with the old connection, so watch anew now rather than after two quiet TTLs.
+    pub fn rewatch(&self) {
+        self.reach.rewatch.notify_one();
     }
 
     /// Queues `op` on its channel's worker.
@@ -336,45 +365,54 @@ impl Ha {
     /// stops. Every watch starts with the keys the bucket holds now (who owns what:
     /// replayed as not `fresh`), then follows changes. Watches again after an error or
     /// a setup that took longer than `watch_setup`, when the bucket answers again after
-    /// failing (its stream may have a new leader, and the old consumer with it), and
-    /// when nothing arrived for two TTLs (every owner rewrites its keys three times a
-    /// TTL, so a quiet watch is a stalled one).
+    /// failing (its stream may have a new leader, and the old consumer with it), when the
+    /// client reconnected ([`Ha::rewatch`]), and when nothing arrived for two renewal
+    /// periods (every owner rewrites its keys three times a TTL, so a quiet watch has
+    /// stalled, or nobody holds anything and a new one costs little).
     pub fn watch(&self, names: impl Fn(&str) -> Option<String> + Send + 'static) -> tokio::task::JoinHandle<()> {
         let (store, events, reach) = (self.leases.clone(), self.events.clone(), self.reach.clone());
         let (idle, setup) = (self.watch_idle, self.watch_setup);
         tokio::spawn(async move {
             loop {
+                reach.unwatched();
                 let started = match tokio::time::timeout(setup, store.watch_with_history(">")).await {
                     Ok(started) => started.map_err(|e| e.to_string()),
                     Err(_) => Err(format!("no watch within {setup:?}")),
                 };
                 let failed = match started {
-                    Ok(mut w) => loop {
-                        let next = tokio::select! {
-                            next = tokio::time::timeout(idle, w.next()) => next,
-                            () = reach.recovered.notified() => {
-                                tracing::debug!("the lease bucket answers again: watching it anew");
-                                break false;
+                    Ok(mut w) => {
+                        reach.watching();
+                        loop {
+                            let next = tokio::select! {
+                                next = tokio::time::timeout(idle, w.next()) => next,
+                                () = reach.recovered.notified() => {
+                                    tracing::debug!("the lease bucket answers again: watching it anew");
+                                    break false;
+                                }
+                                () = reach.rewatch.notified() => {
+                                    tracing::debug!("reconnected to NATS: watching the lease bucket anew");
+                                    break false;
+                                }
+                            };
+                            let entry = match next {
+                                Ok(Some(Ok(entry))) => entry,
+                                Ok(Some(Err(e))) => {
+                                    reach.failed("watch", None, &e.to_string());
+                                    break true;
+                                }
+                                Ok(None) => break true,
+                                Err(_) => {
+                                    tracing::debug!(?idle, "the lease watch is quiet: watching it anew");
+                                    break false;
+                                }
+                            };
+                            reach.answered();
+                            let Some(ev) = watched(&names, &entry) else { continue };
+                            if events.send(ev).is_err() {
+                                return;
                             }
-                        };
-                        let entry = match next {
-                            Ok(Some(Ok(entry))) => entry,
-                            Ok(Some(Err(e))) => {
-                                reach.failed("watch", None, &e.to_string());
-                                break true;
-                            }
-                            Ok(None) => break true,
-                            Err(_) => {
-                                tracing::debug!(?idle, "the lease watch is quiet: watching it anew");
-                                break false;
-                            }
-                        };
-                        reach.answered();
-                        let Some(ev) = watched(&names, &entry) else { continue };
-                        if events.send(ev).is_err() {
-                            return;
                         }
-                    },
+                    }
                     Err(e) => {
                         reach.failed("watch", None, &e);
                         true
@@ -384,7 +422,11 @@ impl Ha {
                     return;
                 }
                 if failed {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Again in a second, or at once if the client reconnects meanwhile.
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = reach.rewatch.notified() => {}
+                    }
                 }
             }
         })
@@ -507,6 +549,30 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_reports_a_missing_watch_only_once_making_one_takes_longer_than_it_should() {
+        let reach = Reach {
+            bucket: "b".into(),
+            state: Arc::default(),
+            metrics: LeaseFailures::default(),
+            recovered: Arc::default(),
+            rewatch: Arc::default(),
+        };
+        let setup = Duration::from_millis(50);
+        assert_eq!(reach.health(setup).unwatched_for, None);
+        // Being made: not yet a problem; still missing after the setup time: reported,
+        // from when the first attempt began (a retry does not restart the clock).
+        reach.unwatched();
+        assert_eq!(reach.health(setup).unwatched_for, None);
+        std::thread::sleep(Duration::from_millis(60));
+        reach.unwatched();
+        let blind = reach.health(setup).unwatched_for.expect("reported");
+        assert!(blind >= Duration::from_millis(60), "{blind:?}");
+        // A watch runs again.
+        reach.watching();
+        assert_eq!(reach.health(setup).unwatched_for, None);
+    }
 
     #[test]
     fn lease_keys_are_valid_kv_keys_and_distinct() {
