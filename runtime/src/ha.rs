@@ -338,7 +338,8 @@ impl Ha {
     }
 
     /// The client reconnected (perhaps to another node): the watch's consumer may have
-    /// gone with the old connection, so watch anew now rather than after two quiet TTLs.
+    /// gone with the old connection, so watch anew now rather than after two quiet
+    /// renewal periods.
     pub fn rewatch(&self) {
         self.reach.rewatch.notify_one();
     }
