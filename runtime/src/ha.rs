@@ -207,6 +207,8 @@ struct ReachState {
     last_error: Option<String>,
     /// Since when no watch is running (being made, or failed to be made).
     unwatched_since: Option<Instant>,
+    /// A warning said the watch fails, and no watch has run since.
+    watch_warned: bool,
 }
 
 /// What /health shows about the bucket.
@@ -275,7 +277,30 @@ impl Reach {
 
     /// A watch runs.
     fn watching(&self) {
-        self.lock().unwatched_since = None;
+        let mut st = self.lock();
+        st.unwatched_since = None;
+        if std::mem::take(&mut st.watch_warned) {
+            tracing::info!(bucket = %self.bucket, "ha: watching the lease bucket again");
+        }
+    }
+
+    /// The watch could not be made, or broke: counted (kind `watch`), and a warning the
+    /// first time until one runs again. Kept apart from the operations' failing state:
+    /// operations may well work meanwhile (a cluster electing its meta leader cannot
+    /// make consumers but stores writes), and /health tells the two apart.
+    fn watch_failed(&self, reason: &str) {
+        self.metrics.inc("watch");
+        let mut st = self.lock();
+        if st.watch_warned {
+            tracing::debug!(error = reason, "the lease watch failed");
+        } else {
+            st.watch_warned = true;
+            tracing::warn!(
+                bucket = %self.bucket, error = reason,
+                "ha: cannot watch the lease bucket; leases still work, but the other instances' leases are not seen until it is back"
+            );
+        }
+        st.last_error = Some(format!("watch: {reason}"));
     }
 
     /// For /health; a watch missing for no longer than `setup` is being made as usual.
@@ -398,7 +423,7 @@ impl Ha {
                             let entry = match next {
                                 Ok(Some(Ok(entry))) => entry,
                                 Ok(Some(Err(e))) => {
-                                    reach.failed("watch", None, &e.to_string());
+                                    reach.watch_failed(&e.to_string());
                                     break true;
                                 }
                                 Ok(None) => break true,
@@ -415,7 +440,7 @@ impl Ha {
                         }
                     }
                     Err(e) => {
-                        reach.failed("watch", None, &e);
+                        reach.watch_failed(&e);
                         true
                     }
                 };
@@ -567,6 +592,10 @@ mod tests {
         reach.unwatched();
         assert_eq!(reach.health(setup).unwatched_for, None);
         std::thread::sleep(Duration::from_millis(60));
+        // A failed attempt is the watch's failure, not the operations': those may work.
+        reach.watch_failed("no watch within 50ms");
+        assert_eq!(reach.health(setup).failing_for, None);
+        assert_eq!(reach.health(setup).last_error.as_deref(), Some("watch: no watch within 50ms"));
         reach.unwatched();
         let blind = reach.health(setup).unwatched_for.expect("reported");
         assert!(blind >= Duration::from_millis(60), "{blind:?}");
