@@ -526,11 +526,7 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
         let on = server_of(bot).await;
         assert!(on.is_some() && on.as_deref() != Some(leader.as_str()), "instance i{i} is on {on:?}");
     }
-    // Healthy again once the cluster has elected whatever leaders it lost (a new meta
-    // leader takes several seconds, and no watch can be made until then).
-    for bot in &bots {
-        wait_until_ok(bot, Duration::from_secs(12)).await;
-    }
+    all_ok_after_elections(&bots).await;
     // The node comes back: it catches up, and still one voice.
     cluster.restart(k);
     back_to_one_voice(&cluster, &client, &mut commands, &ids, &names, "c2").await;
@@ -575,11 +571,7 @@ async fn a_three_node_cluster_loses_a_node_and_every_channel_answers_again_with_
         assert!(!on.is_empty() && on != victim, "instance i{i} is on {on:?}");
         assert!(h["nats"]["reconnects"].as_u64().unwrap_or(0) > before, "instance i{i} counted its reconnect: {h}");
     }
-    // Healthy again once the cluster has elected whatever leaders it lost (a new meta
-    // leader takes several seconds, and no watch can be made until then).
-    for bot in &bots {
-        wait_until_ok(bot, Duration::from_secs(12)).await;
-    }
+    all_ok_after_elections(&bots).await;
     cluster.restart(v);
     back_to_one_voice(&cluster, &client, &mut commands, &ids, &names, "c3").await;
 
@@ -696,6 +688,15 @@ fn lease_log(bot: &Bot, n: usize) -> String {
         })
         .collect();
     format!("its last lease log lines:\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
+/// Waits (bounded) until every bot's /health says `ok` once the cluster has elected
+/// whatever leaders it lost (a new meta leader takes several seconds, and no watch can
+/// be made until then).
+async fn all_ok_after_elections(bots: &[Bot]) {
+    for bot in bots {
+        wait_until_ok(bot, Duration::from_secs(12)).await;
+    }
 }
 
 /// Waits (bounded) until a bot's /health says `ok`.

@@ -427,9 +427,9 @@ impl Leases {
             if std::mem::take(&mut l.backing_off) {
                 match &mut l.state {
                     State::Standby { next_try, .. } => *next_try = (*next_try).min(now),
-                    State::Owned { next_renew, renewing: None, .. } => *next_renew = (*next_renew).min(now),
-                    // Its failed confirmation was sent after the wait already.
-                    State::Confirming { confirm_at, renewing: None, .. } => *confirm_at = (*confirm_at).min(now),
+                    // (A failed confirmation was sent after its wait already.)
+                    State::Owned { next_renew: due, renewing: None, .. }
+                    | State::Confirming { confirm_at: due, renewing: None, .. } => *due = (*due).min(now),
                     _ => {}
                 }
             }
@@ -638,15 +638,11 @@ impl Leases {
                         l.backing_off = true;
                         l.state = State::Standby { owner: None, next_try: now.after(wait) }
                     }
-                    State::Owned { renewing, next_renew, .. } => {
+                    State::Owned { renewing, next_renew: due, .. }
+                    | State::Confirming { renewing, confirm_at: due, .. } => {
                         l.backing_off = true;
                         *renewing = None;
-                        *next_renew = now.after(wait);
-                    }
-                    State::Confirming { renewing, confirm_at, .. } => {
-                        l.backing_off = true;
-                        *renewing = None;
-                        *confirm_at = now.after(wait);
+                        *due = now.after(wait);
                     }
                     // Could not delete it: it expires by itself.
                     State::Releasing { .. } => l.state = State::Standby { owner: None, next_try: now.after(ttl) },
@@ -845,18 +841,14 @@ impl Leases {
             match &l.state {
                 State::Standby { next_try, .. } if !self.shutting_down => at(*next_try),
                 State::Acquiring { sent } | State::Releasing { sent } => at(sent.after(self.ttl)),
-                State::Confirming { valid_until, confirm_at, renewing, .. } => {
+                State::Owned { valid_until, next_renew: due, renewing, .. }
+                | State::Confirming { valid_until, confirm_at: due, renewing, .. } => {
                     at(*valid_until);
                     if renewing.is_none() {
-                        at(*confirm_at);
+                        at(*due);
                     }
-                }
-                State::Owned { valid_until, next_renew, renewing, .. } => {
-                    at(*valid_until);
-                    if renewing.is_none() {
-                        at(*next_renew);
-                    }
-                    if l.dirty {
+                    // Saves wait for the confirmation (see `tick`).
+                    if l.dirty && matches!(l.state, State::Owned { .. }) {
                         at(l.next_save.max(now));
                     }
                 }
